@@ -1,0 +1,1 @@
+"""The ``polarxr`` command: a thin Typer layer over polarxr's public functions."""

@@ -1,0 +1,24 @@
+"""Entry point of the ``polarxr`` console script: imports every command module, reports bad input cleanly."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from polarxr.cli import scene_commands  # noqa: F401  (registers commands)
+from polarxr.cli.app import app
+from polarxr.errors import PolarxrError
+
+
+def main() -> None:
+    """Run the CLI; a :class:`PolarxrError` becomes one red line naming the file and the problem, exit 2."""
+    try:
+        app()
+    except PolarxrError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Sentinel-1 EW scenes: product names, lazy chunked opening, nodata masks and the scene catalog.
+
+A scene is opened as ``xarray.DataArray(band, y, x)`` backed by dask, in the file's own CRS
+(ExtremeEarth: polar stereographic, EPSG:3413-like ``+proj=stere +lat_0=90``) with 40 m pixels.
+Nothing is read until a block is computed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from rasterio.errors import RasterioError
+
+from polarxr.errors import SceneError
+
+#: Target chunk edge in pixels when the caller gives none; rounded to the file's tiles.
+DEFAULT_CHUNK = 2048
+
+_PRODUCT_RE = re.compile(
+    r"(?P<mission>S1[A-D])_(?P<mode>EW|IW|SM|WV|S[1-6])_(?P<product_type>GRD[FHM]|SLC_|RAW_|OCN_)"
+    r"_(?P<level>\d)(?P<product_class>[SA])(?P<polarisation>SH|SV|DH|DV|HH|HV|VV|VH)"
+    r"_(?P<start>\d{8}T\d{6})_(?P<stop>\d{8}T\d{6})_(?P<absolute_orbit>\d{6})"
+    r"_(?P<datatake>[0-9A-F]{6})_(?P<product_id>[0-9A-F]{4})(?P<processing>_[A-Za-z0-9_]+)?$"
+)
+_POLARISATIONS = {"SH": "HH", "SV": "VV", "DH": "HH+HV", "DV": "VV+VH"}
+_TIME_FORMAT = "%Y%m%dT%H%M%S"
+
+
+@dataclass(frozen=True)
+class ProductName:
+    """The fields of a Sentinel-1 product name such as ``S1A_EW_GRDM_1SDH_20180116T075430_...``."""
+
+    mission: str
+    mode: str
+    product_type: str
+    level: int
+    product_class: str
+    polarisation: str
+    start: datetime
+    stop: datetime
+    absolute_orbit: int
+    relative_orbit: int
+    datatake: str
+    product_id: str
+    processing: tuple[str, ...]
+
+    def attrs(self) -> dict[str, str | int]:
+        """Flat, netCDF-safe attributes (times as ISO 8601 strings, processing joined by '_')."""
+        out = asdict(self)
+        out["start"] = self.start.isoformat()
+        out["stop"] = self.stop.isoformat()
+        out["processing"] = "_".join(self.processing)
+        return out
+
+
+def parse_product_name(name: str | Path) -> ProductName:
+    """Parse a Sentinel-1 product name (a file name or path; extension and SNAP suffixes allowed).
+
+    Raises ``ValueError`` when the name is not a Sentinel-1 product name.
+    """
+    stem = Path(str(name)).name.split(".")[0]
+    match = _PRODUCT_RE.search(stem)
+    if match is None:
+        raise ValueError(f"{name}: not a Sentinel-1 product name (expected S1x_MODE_TYPE_1SDH_start_stop_orbit_...)")
+    fields = match.groupdict()
+    mission = fields["mission"]
+    orbit = int(fields["absolute_orbit"])
+    # ESA's relation between absolute and relative orbit (12-day repeat, 175 orbits per cycle).
+    offset = 73 if mission == "S1A" else 27
+    return ProductName(
+        mission=mission,
+        mode=fields["mode"],
+        product_type=fields["product_type"],
+        level=int(fields["level"]),
+        product_class=fields["product_class"],
+        polarisation=_POLARISATIONS.get(fields["polarisation"], fields["polarisation"]),
+        start=datetime.strptime(fields["start"], _TIME_FORMAT),
+        stop=datetime.strptime(fields["stop"], _TIME_FORMAT),
+        absolute_orbit=orbit,
+        relative_orbit=(orbit - offset) % 175 + 1,
+        datatake=fields["datatake"],
+        product_id=fields["product_id"],
+        processing=tuple(p for p in (fields["processing"] or "").split("_") if p),
+    )
+
+
+def chart_name_for(start: datetime) -> str:
+    """The ExtremeEarth chart file name for an acquisition start time (``seaice_s1_20180116t075430.shp``)."""
+    return f"seaice_s1_{start.strftime(_TIME_FORMAT).lower()}.shp"
+
+
+def _aligned_chunk(target: int, tile: int, size: int) -> int:
+    """The multiple of ``tile`` nearest ``target`` (at least one tile), capped at ``size``."""
+    if tile >= size:
+        return size
+    return int(min(size, max(tile, round(target / tile) * tile)))
+
+
+def default_chunks(path: str | Path, target: int = DEFAULT_CHUNK) -> dict[str, int]:
+    """Chunks of about ``target`` pixels that are whole multiples of the file's internal tiles."""
+    with _open_raster(path) as src:
+        tile_h, tile_w = src.block_shapes[0]
+        return {
+            "band": src.count,
+            "y": _aligned_chunk(target, tile_h, src.height),
+            "x": _aligned_chunk(target, tile_w, src.width),
+        }
+
+
+def _open_raster(path: str | Path) -> rasterio.DatasetReader:
+    path = Path(path)
+    if not path.exists():
+        raise SceneError(path, "file does not exist")
+    try:
+        return rasterio.open(path)
+    except RasterioError as err:
+        raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
+
+
+def _band_names(src: rasterio.DatasetReader) -> list[str]:
+    """Band names from the file's band descriptions, else by layout (2 float bands: HH, HV)."""
+    descriptions = list(src.descriptions)
+    if all(descriptions) and len(set(descriptions)) == len(descriptions):
+        return [str(d) for d in descriptions]
+    if src.count == 2:
+        return ["HH", "HV"]
+    if src.count == 3 and src.dtypes[0] == "uint8":
+        return ["red", "green", "blue"]
+    return [f"band{i}" for i in range(1, src.count + 1)]
+
+
+def _units(src: rasterio.DatasetReader) -> str:
+    """``dn`` for the 8-bit rendering, else the sigma0 unit tagged on the file (``linear`` or ``dB``)."""
+    tags = src.tags()
+    unit = tags.get("SIGMA0_UNITS") or (src.units[0] if src.units and src.units[0] else None)
+    if unit:
+        return "dB" if unit.lower() in {"db", "decibel"} else unit.lower()
+    return "dn" if src.dtypes[0] == "uint8" else "linear"
+
+
+def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> xr.DataArray:
+    """Open a scene GeoTIFF lazily as a dask-backed ``DataArray(band, y, x)``.
+
+    ``band`` holds band names (``HH``, ``HV``, ...); ``y``/``x`` are projected coordinates in metres of
+    the file's CRS (kept by rioxarray, with the transform). Values stay in the file's dtype (uint8 DN or
+    float32 sigma0); nodata stays in ``.rio.nodata`` (see :func:`valid_mask`). ``chunks`` is an int
+    edge in pixels or a dict; by default whole multiples of the file's tiles near 2048 px.
+    Product-name fields are in ``attrs`` when the name is a Sentinel-1 product name.
+    """
+    path = Path(path)
+    with _open_raster(path) as src:
+        if src.crs is None:
+            raise SceneError(path, "has no CRS; a georeferenced scene is needed (e.g. polar stereographic)")
+        if src.count < 1 or src.width < 1 or src.height < 1:
+            raise SceneError(path, "has no pixels")
+        band_names = _band_names(src)
+        units = _units(src)
+        nodata = src.nodata
+        dtype = src.dtypes[0]
+    if chunks is None:
+        chunks = default_chunks(path)
+    elif isinstance(chunks, int):
+        chunks = {"band": -1, "y": chunks, "x": chunks}
+    try:
+        scene = rioxarray.open_rasterio(path, chunks=chunks, lock=False, masked=False)
+    except RasterioError as err:
+        raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
+    scene = scene.assign_coords(band=band_names)
+    if nodata is None and dtype == "uint8":
+        nodata = 0  # the ExtremeEarth 8-bit product marks no data with 0 but does not always tag it
+        scene = scene.rio.write_nodata(0)
+    scene.name = "backscatter"
+    attrs = {k: v for k, v in scene.attrs.items() if k in {"_FillValue", "scale_factor", "add_offset"}}
+    attrs.update(source=str(path), units=units, band_names=band_names)
+    try:
+        attrs.update(parse_product_name(path).attrs())
+    except ValueError:
+        pass
+    scene.attrs = attrs
+    return scene
+
+
+def valid_mask(scene: xr.DataArray) -> xr.DataArray:
+    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data."""
+    nodata = scene.rio.nodata
+    floating = np.issubdtype(scene.dtype, np.floating)
+    invalid = scene.isnull() if floating else xr.zeros_like(scene, dtype=bool)
+    if nodata is not None and not np.isnan(nodata):
+        invalid = invalid | (scene == nodata)
+    valid = ~invalid.all("band")
+    valid.name = "valid"
+    valid.attrs = {}
+    return valid.drop_vars("band", errors="ignore")
+
+
+def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
+    """Raise :class:`SceneError` when the scene holds no data at all.
+
+    Reads a decimated view (at most ``max_side`` px a side) through GDAL, so memory stays small.
+    """
+    path = scene.attrs.get("source")
+    with _open_raster(path) as src:
+        factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
+        shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
+        sample = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        nodata = src.nodata if src.nodata is not None else (0 if src.dtypes[0] == "uint8" else None)
+    invalid = np.isnan(sample) if np.issubdtype(sample.dtype, np.floating) else np.zeros(sample.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        invalid |= sample == nodata
+    if invalid.all():
+        raise SceneError(path, "is empty: every pixel is nodata")
+
+
+def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) -> pd.DataFrame:
+    """List the scene GeoTIFFs of a folder with their product metadata and matching ice charts.
+
+    Each scene is paired with ``seaice_s1_<start>.shp`` (case-insensitive) in ``charts_dir``
+    (default: the scenes folder); ``chart`` is None where there is none. Sorted by start time;
+    files whose names are not Sentinel-1 product names are listed with their path only.
+    """
+    scenes_dir = Path(scenes_dir)
+    if not scenes_dir.is_dir():
+        raise SceneError(scenes_dir, "is not a folder of scenes")
+    charts_dir = Path(charts_dir) if charts_dir is not None else scenes_dir
+    charts = {p.name.lower(): p for p in charts_dir.glob("*.shp")} if charts_dir.is_dir() else {}
+    rows = []
+    for path in sorted(scenes_dir.glob("*.tif")) + sorted(scenes_dir.glob("*.tiff")):
+        row: dict = {"scene": path.stem, "path": path}
+        try:
+            product = parse_product_name(path)
+        except ValueError:
+            row["chart"] = None
+        else:
+            row.update(product.attrs())
+            row["start"] = product.start
+            row["stop"] = product.stop
+            row["chart"] = charts.get(chart_name_for(product.start))
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else ["scene", "path", "chart"])
+    if "start" in frame:
+        frame = frame.sort_values("start", kind="stable", na_position="last").reset_index(drop=True)
+    return frame
