@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
+from polarxr.cli import cluster_commands  # noqa: F401  (registers commands)
 from polarxr.cli import scene_commands  # noqa: F401  (registers commands)
+from polarxr.cli import train_commands  # noqa: F401  (registers commands)
 from polarxr.cli.app import app
 from polarxr.errors import PolarxrError
 
@@ -16,7 +19,8 @@ def main() -> None:
     try:
         app()
     except PolarxrError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        # escape: messages hold user paths and hints like polarxr[gpu] that are not rich markup
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 

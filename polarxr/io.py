@@ -19,7 +19,7 @@ import rasterio.shutil
 import xarray as xr
 
 #: Creation options of the COGs polarxr writes (they open in QGIS, GDAL and rioxarray).
-COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": "512", "OVERVIEWS": "AUTO", "BIGTIFF": "IF_SAFER"}
+COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": "512", "OVERVIEWS": "AUTO", "BIGTIFF": "IF_SAFER"}
 
 
 @contextlib.contextmanager
@@ -58,26 +58,39 @@ def _write_lock():
         return threading.Lock()
 
 
-def write_cog(data: xr.DataArray, path: str | Path, nodata: float | int | None = None, **tags: str) -> Path:
-    """Stream a (lazy) ``DataArray(y, x)`` or ``(band, y, x)`` with a CRS to a Cloud-Optimized GeoTIFF.
+@contextlib.contextmanager
+def cog_staging(path: str | Path) -> Iterator[Path]:
+    """Yield a tiled-GeoTIFF staging path; on success GDAL copies it into COG layout at ``path``.
 
-    Blocks are computed on the active dask scheduler and written into a tiled GeoTIFF, which GDAL then
-    copies into COG layout (DEFLATE, 512 px tiles, overviews by nearest neighbour); memory stays bounded by
-    the chunks. ``tags`` are written as GDAL metadata. Returns ``path``.
+    The staging file may be written block by block (windowed writes, dask stores); the copy into COG
+    layout (DEFLATE, 512 px tiles, overviews by nearest neighbour) streams through GDAL's block cache,
+    so memory stays bounded. Nothing appears under ``path`` until the COG is complete.
     """
     path = Path(path)
-    if nodata is not None:
-        data = data.rio.write_nodata(nodata, encoded=False)
     with atomic_path(path) as tmp:
         staging = tmp.with_name(tmp.name + ".tiled.tif")
         try:
-            data.rio.to_raster(staging, tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
-                               lock=_write_lock(), tags=tags or None, BIGTIFF="IF_SAFER")
-            options = dict(COG_OPTIONS, RESAMPLING="NEAREST")
-            rasterio.shutil.copy(staging, tmp, driver="COG", **options)
+            yield staging
+            rasterio.shutil.copy(staging, tmp, driver="COG", RESAMPLING="NEAREST", **COG_OPTIONS)
         finally:
             staging.unlink(missing_ok=True)
-    return path
+
+
+#: Creation options of the staging GeoTIFFs that :func:`cog_staging` converts.
+STAGING_OPTIONS = {"tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "DEFLATE", "BIGTIFF": "IF_SAFER"}
+
+
+def write_cog(data: xr.DataArray, path: str | Path, nodata: float | int | None = None, **tags: str) -> Path:
+    """Stream a (lazy) ``DataArray(y, x)`` or ``(band, y, x)`` with a CRS to a Cloud-Optimized GeoTIFF.
+
+    Blocks are computed on the active dask scheduler; memory stays bounded by the chunks. ``tags`` are
+    written as GDAL metadata. Written under a temporary name and renamed when complete. Returns ``path``.
+    """
+    if nodata is not None:
+        data = data.rio.write_nodata(nodata, encoded=False)
+    with cog_staging(path) as staging:
+        data.rio.to_raster(staging, lock=_write_lock(), tags=tags or None, **STAGING_OPTIONS)
+    return Path(path)
 
 
 def write_zarr(obj: xr.Dataset | xr.DataArray, path: str | Path) -> Path:

@@ -99,7 +99,7 @@ def test_labels_written_as_cog_and_zarr(tmp_path, files):
     with rasterio.open(cog) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     store = write_zarr(labels, tmp_path / "labels.zarr")
-    np.testing.assert_array_equal(xr.open_zarr(store)["label"].values, labels.values)
+    np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False)["label"].values, labels.values)
     assert not list(tmp_path.glob(".*tmp*"))
 
 

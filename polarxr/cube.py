@@ -1,0 +1,543 @@
+"""The Zarr v3 training cube: building it scene by scene from scenes and charts, and reading it back.
+
+Layout (one Zarr v3 group; ``P`` = patch size, ``n`` = patches)::
+
+    image       (patch, band, y, x)  scene dtype (uint8 DN or float32 sigma0), nodata as in the scene
+    label       (patch, y, x)        uint8 dense chart labels: L=0, W=1, I=2, 255 = no label / nodata
+    patch_label (patch,)             uint8 class of the centre pixel (row + P//2, col + P//2)
+    scene       (patch,)             int32 index into attrs["scenes"]
+    row, col    (patch,)             int32 top-left pixel of the patch in its scene
+    x, y        (patch,)             float64 map coordinates of the patch centre, in attrs["crs"] (metres)
+    split       (patch,)             uint8 code of attrs["split_codes"] (train 0, val 1, test 2)
+
+Group attributes: ``crs`` (WKT), ``patch_size``, ``band_names``, ``dtype``, ``nodata``, ``sampler`` and
+``sampler_params`` (of the build that created the cube; each scene record keeps its own), ``scenes``
+(names), ``splits`` (scene -> split), ``split_codes``, ``class_counts`` (dense label pixels per class code
+in the train patches, for class weighting), ``patch_counts`` (split -> class code -> patches, by
+``patch_label``), ``norm`` (per-band ``mean``/``std`` over valid pixels of the train patches),
+``n_patches`` (committed patches), ``scene_records`` (per scene: source, chart, first patch, count, split,
+sampler, draw summary, statistics), ``version`` and ``format``.
+
+Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches, each patch its own
+inner chunk ``(1, band, P, P)``. A DataLoader reading random patches decompresses just those patches (the
+shard index gives their byte ranges), while the store holds a few files per 256 patches instead of one
+per patch. Compression: Blosc zstd level 5 with bit-shuffle (speckled 8-bit and float backscatter
+compress best bit-plane-wise; labels are long runs). The per-patch vectors are single chunks of 65536.
+
+Building: for each scene, patches are chosen (:mod:`polarxr.samplers`) and cut (:mod:`polarxr.patches`)
+chunk-wise on the active dask scheduler (a ``distributed`` client when one is set up: workers write
+their patches into the store themselves, so every worker must see the cube's path). Writes are aligned to
+shards, so no two tasks ever write the same file.
+
+Appending and interruptions: scenes are appended one at a time. A scene's patches are written first
+(arrays grown beyond the committed count), and the scene is **committed** last by one atomic rewrite of
+the group's ``zarr.json`` (``n_patches`` and ``scene_records``). Readers use only the first ``n_patches``
+patches; a writer first truncates anything beyond them (the remains of an interrupted run). So a build
+killed at any moment leaves a cube that opens with only complete scenes, and re-running it appends the
+rest, giving the same cube as an uninterrupted build. A scene already in the cube (by name) is skipped,
+or with ``overwrite=True`` removed and appended again. One writer at a time per cube.
+
+Split: by scene, never by patch, so that neighbouring patches of one scene are never on both sides.
+Explicit assignments (scene name or part of it -> split) win; other scenes are assigned in the order
+they are added to the split whose share of scenes is furthest below its target fraction (ties: train,
+val, test), which never moves a scene that is already in the cube.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from pyproj import CRS
+from zarr.codecs import BloscCodec
+
+from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
+from polarxr.errors import CubeError
+from polarxr.patches import extract_patches, merge_stats, stats_tasks
+from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
+
+FORMAT = "polarxr-training-cube/1"
+#: patches per shard file of ``image`` and ``label``
+SHARD = 256
+#: elements per chunk of the per-patch vectors
+VECTOR_CHUNK = 65536
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: split name -> code stored in the ``split`` array
+SPLIT_CODES: dict[str, int] = {name: code for code, name in enumerate(SPLITS)}
+#: per-patch vectors: name -> (dtype, fill value)
+VECTORS: dict[str, tuple[str, float | int]] = {
+    "patch_label": ("uint8", NO_LABEL), "scene": ("int32", -1), "row": ("int32", -1), "col": ("int32", -1),
+    "x": ("float64", math.nan), "y": ("float64", math.nan), "split": ("uint8", 255),
+}
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def __getattr__(name: str):
+    # PatchDataset lives in polarxr.datasets (it needs torch); importing it lazily keeps cube building
+    # free of torch's import time and avoids a circular import.
+    if name == "PatchDataset":
+        from polarxr.datasets import PatchDataset
+
+        return PatchDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class CubeLayout:
+    """What every patch of a cube shares: size (px), bands, dtype, nodata value and CRS (WKT or None)."""
+
+    patch_size: int
+    band_names: tuple[str, ...]
+    dtype: str
+    nodata: float | None
+    crs: str | None
+
+    @classmethod
+    def of_scene(cls, scene: xr.DataArray, patch_size: int) -> CubeLayout:
+        nodata = scene.rio.nodata
+        return cls(patch_size, tuple(str(b) for b in scene.band.values), str(scene.dtype),
+                   None if nodata is None or np.isnan(nodata) else float(nodata),
+                   scene.rio.crs.to_wkt() if scene.rio.crs is not None else None)
+
+    @classmethod
+    def of_attrs(cls, attrs: dict) -> CubeLayout:
+        return cls(int(attrs["patch_size"]), tuple(attrs["band_names"]), str(attrs["dtype"]),
+                   attrs.get("nodata"), attrs.get("crs"))
+
+    def attrs(self) -> dict:
+        return {"patch_size": self.patch_size, "band_names": list(self.band_names), "dtype": self.dtype,
+                "nodata": self.nodata, "crs": self.crs}
+
+    def check_matches(self, other: CubeLayout, where: object, what: str) -> None:
+        """:class:`CubeError` naming ``where`` when ``other`` (of ``what``) cannot share a cube with this."""
+        problems = []
+        if other.patch_size != self.patch_size:
+            problems.append(f"patch size {other.patch_size} px, the cube's is {self.patch_size} px")
+        if other.band_names != self.band_names:
+            problems.append(f"bands {list(other.band_names)}, the cube's are {list(self.band_names)}")
+        if other.dtype != self.dtype:
+            problems.append(f"data type {other.dtype}, the cube's is {self.dtype}")
+        if self.crs and other.crs and not CRS.from_wkt(self.crs).equals(CRS.from_wkt(other.crs)):
+            problems.append(f"CRS {CRS.from_wkt(other.crs).name!r}, the cube's is {CRS.from_wkt(self.crs).name!r}")
+        if problems:
+            raise CubeError(where, f"{what} cannot go into this cube: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------- split
+@dataclass(frozen=True)
+class SplitConfig:
+    """Scene-level split: target ``fractions`` of scenes (train, val, test) and explicit assignments.
+
+    ``assign`` pairs a scene name, or any part of it (such as ``"20180316"``), with a split name.
+    """
+
+    fractions: tuple[float, float, float] = (0.8, 0.2, 0.0)
+    assign: tuple[tuple[str, str], ...] = ()
+
+    def validate(self, where: object = None) -> None:
+        if len(self.fractions) != len(SPLITS) or any(f < 0 for f in self.fractions) or sum(self.fractions) <= 0:
+            raise CubeError(where, f"split fractions must be 3 non-negative numbers (train, val, test) with a "
+                                   f"positive sum, got {list(self.fractions)}")
+        for pattern, split in self.assign:
+            if split not in SPLITS:
+                raise CubeError(where, f"unknown split {split!r} for {pattern!r}: use one of {', '.join(SPLITS)}")
+
+    def explicit(self, name: str) -> str | None:
+        """The split assigned to scene ``name`` explicitly, if any."""
+        chosen = {split for pattern, split in self.assign if pattern in name}
+        if len(chosen) > 1:
+            raise CubeError(None, f"scene {name} is assigned to several splits: {sorted(chosen)}")
+        return chosen.pop() if chosen else None
+
+    def choose(self, name: str, existing: Sequence[str]) -> str:
+        """Split of a new scene, given the splits of the scenes already in the cube."""
+        explicit = self.explicit(name)
+        if explicit:
+            return explicit
+        total = np.asarray(self.fractions, np.float64) / sum(self.fractions)
+        n = len(existing) + 1
+        deficit = [total[k] * n - sum(s == split for s in existing) for k, split in enumerate(SPLITS)]
+        return SPLITS[int(np.argmax(deficit))]
+
+
+# --------------------------------------------------------------------------------------------- writer
+def open_cube_group(path: str | Path) -> tuple[zarr.Group, int]:
+    """The cube's Zarr group (read-only) and its number of committed patches; :class:`CubeError` if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise CubeError(path, "training cube does not exist")
+    try:
+        root = zarr.open_group(path, mode="r")
+    except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError) as err:
+        raise CubeError(path, f"is not a Zarr group ({err})") from None
+    missing = [name for name in ("image", "label", "patch_label", "split") if name not in root]
+    if missing:
+        raise CubeError(path, f"is not a polarxr training cube (arrays {missing} missing)")
+    # cubes written by other tools have no commit record: all their patches count
+    return root, int(root.attrs.get("n_patches", root["image"].shape[0]))
+
+
+class CubeWriter:
+    """Appends scenes to a cube with the commit protocol described in the module docstring."""
+
+    def __init__(self, path: Path, root: zarr.Group):
+        self.path = path
+        self.root = root
+        self.layout = CubeLayout.of_attrs(dict(root.attrs))
+
+    @classmethod
+    def create(cls, path: str | Path, layout: CubeLayout, sampler: str, sampler_params: dict) -> CubeWriter:
+        """A new, empty cube at ``path`` (which must not exist yet)."""
+        path = Path(path)
+        root = zarr.open_group(path, mode="w-", zarr_format=3)
+        size, bands = layout.patch_size, len(layout.band_names)
+        fill = layout.nodata if layout.nodata is not None else (math.nan if "float" in layout.dtype else 0)
+        root.create_array("image", shape=(0, bands, size, size), dtype=layout.dtype, fill_value=fill,
+                          chunks=(1, bands, size, size), shards=(SHARD, bands, size, size),
+                          compressors=COMPRESSOR, dimension_names=("patch", "band", "y", "x"))
+        root.create_array("label", shape=(0, size, size), dtype="uint8", fill_value=NO_LABEL,
+                          chunks=(1, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
+                          dimension_names=("patch", "y", "x"))
+        for name, (dtype, vector_fill) in VECTORS.items():
+            root.create_array(name, shape=(0,), dtype=dtype, fill_value=vector_fill, chunks=(VECTOR_CHUNK,),
+                              compressors=COMPRESSOR, dimension_names=("patch",))
+        from polarxr import __version__
+
+        root.update_attributes({
+            "format": FORMAT, **layout.attrs(), "sampler": sampler, "sampler_params": sampler_params,
+            "split_codes": SPLIT_CODES, "version": __version__, **summary_attrs([]),
+        })
+        return cls(path, root)
+
+    @classmethod
+    def open(cls, path: str | Path) -> CubeWriter:
+        """An existing polarxr cube, with anything beyond its committed patches truncated."""
+        path = Path(path)
+        try:
+            root = zarr.open_group(path, mode="r+")
+        except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError) as err:
+            raise CubeError(path, f"exists but is not a Zarr group ({err})") from None
+        if root.attrs.get("format") != FORMAT:
+            raise CubeError(path, "exists but is not a polarxr training cube (no 'format' attribute "
+                                  f"{FORMAT!r}); choose another path or remove it")
+        writer = cls(path, root)
+        writer.truncate()
+        return writer
+
+    @property
+    def records(self) -> list[dict]:
+        return list(self.root.attrs.get("scene_records", []))
+
+    @property
+    def committed(self) -> int:
+        return int(self.root.attrs.get("n_patches", 0))
+
+    def _arrays(self) -> list[zarr.Array]:
+        return [self.root[name] for name in ("image", "label", *VECTORS)]
+
+    def truncate(self) -> None:
+        """Drop patches written after the last commit (an interrupted scene)."""
+        for array in self._arrays():
+            if array.shape[0] != self.committed:
+                array.resize((self.committed, *array.shape[1:]))
+
+    def reserve(self, n: int) -> int:
+        """Grow every array by ``n`` patches beyond the committed ones; the first new index."""
+        start = self.committed
+        for array in self._arrays():
+            array.resize((start + n, *array.shape[1:]))
+        return start
+
+    def store_patches(self, image: da.Array, label: da.Array, start: int):
+        """A delayed store of lazy patches at ``start``: shard-aligned, so each task owns its shard files."""
+        n = image.shape[0]
+        first = min(n, SHARD - start % SHARD)
+        rest = n - first
+        chunks = ((first, *([SHARD] * (rest // SHARD)), *([rest % SHARD] if rest % SHARD else [])),)
+        region = (slice(start, start + n),)
+        return da.store([image.rechunk(chunks + image.chunks[1:]), label.rechunk(chunks + label.chunks[1:])],
+                        [self.root["image"], self.root["label"]], regions=[region, region], lock=False,
+                        compute=False)
+
+    def write(self, start: int, values: dict[str, np.ndarray]) -> None:
+        """Write in-memory arrays (any of image, label and the per-patch vectors) at ``start``."""
+        for name, value in values.items():
+            self.root[name][start:start + len(value)] = value
+
+    def commit(self, records: list[dict]) -> None:
+        """Make ``records`` the cube's scenes: one atomic rewrite of the group metadata."""
+        from polarxr import __version__
+
+        self.root.update_attributes({**summary_attrs(records), "version": __version__})
+
+
+def summary_attrs(records: list[dict]) -> dict:
+    """Group attributes derived from the scene records (counts, split, normalisation)."""
+    train = [r for r in records if r["split"] == "train"]
+    basis = train or records
+    stats = merge_stats([r["stats"] for r in basis])
+    std = [math.sqrt(m2 / c) if c and m2 > 0 else 1.0 for m2, c in zip(stats["m2"], stats["count"])]
+    patch_counts = {split: {str(k): sum(r["patch_counts"][str(k)] for r in records if r["split"] == split)
+                            for k in range(N_CLASSES)} for split in SPLITS}
+    return {
+        "n_patches": int(sum(r["count"] for r in records)),
+        "scenes": [r["name"] for r in records],
+        "splits": {r["name"]: r["split"] for r in records},
+        "class_counts": {str(k): int(stats["pixels"].get(str(k), 0)) for k in range(N_CLASSES)},
+        "patch_counts": patch_counts,
+        "norm": {"mean": stats["mean"], "std": std, "count": stats["count"],
+                 "over": "train" if train else "all"},
+        "scene_records": records,
+    }
+
+
+# -------------------------------------------------------------------------------------------- building
+@dataclass
+class SceneResult:
+    """What happened to one scene: ``status`` is added, replaced or skipped."""
+
+    name: str
+    status: str
+    split: str
+    patches: int
+    patch_counts: dict[str, int] = field(default_factory=dict)
+    shortfall: dict[str, int] = field(default_factory=dict)
+    start: int | None = None
+
+
+ProgressCallback = Callable[[str, str], None]
+
+
+def _scene_pairs(scenes: pd.DataFrame | Iterable[tuple[str | Path, str | Path | None]]) -> list[tuple[Path, Path | None]]:
+    if isinstance(scenes, pd.DataFrame):
+        scenes = zip(scenes["path"], scenes["chart"])
+    pairs = [(Path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else Path(c)) for s, c in scenes]
+    if not pairs:
+        raise CubeError(None, "no scenes given")
+    names = [p.stem for p, _ in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise CubeError(None, f"scenes given twice: {duplicates}")
+    without = [str(p) for p, c in pairs if c is None]
+    if without:
+        raise CubeError(without[0], f"has no ice chart (expected seaice_s1_<start>.shp beside it or in the "
+                                    f"charts folder); {len(without)} scene(s) without a chart: {without}")
+    return pairs
+
+
+@dataclass
+class _Prepared:
+    path: Path
+    chart_path: Path
+    scene: xr.DataArray
+    chart: object
+
+
+def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, reference: CubeLayout | None,
+             cube_path: Path) -> tuple[list[_Prepared], CubeLayout]:
+    """Open every scene (headers only) and read every chart, checking they fit one cube; writes nothing."""
+    from polarxr.labels import read_chart
+    from polarxr.scenes import open_scene
+
+    prepared = []
+    for scene_path, chart_path in pairs:
+        scene = open_scene(scene_path, chunks=chunks)
+        layout = CubeLayout.of_scene(scene, sampler.patch_size)
+        if reference is None:
+            reference = layout
+        else:
+            reference.check_matches(layout, scene_path, f"scene {scene_path.name} of cube {cube_path}")
+        check_patch_fits(sampler, scene.shape[1:], scene.chunks[1:], scene_path)
+        prepared.append(_Prepared(scene_path, chart_path, scene, read_chart(chart_path)))
+    return prepared, reference
+
+
+def build_cube(
+    scenes: pd.DataFrame | Iterable[tuple[str | Path, str | Path | None]],
+    cube_path: str | Path,
+    sampler: SamplerConfig = SamplerConfig(),
+    split: SplitConfig = SplitConfig(),
+    *,
+    overwrite: bool = False,
+    chunks: dict[str, int] | int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[SceneResult]:
+    """Sample patches from scenes and their charts into the training cube at ``cube_path``, scene by scene.
+
+    ``scenes`` is a :func:`polarxr.scenes.scene_catalog` frame or ``(scene.tif, chart.shp)`` pairs; scenes
+    are added in the order given. Creates the cube or appends to it: scenes already in it are skipped
+    (``overwrite``: replaced). Every scene and chart is checked before anything is written; the cube's
+    patch size, bands, dtype and CRS must match. ``chunks`` as for :func:`polarxr.scenes.open_scene`.
+    Computes on the active dask scheduler. ``on_progress(scene_name, stage)`` is called with stages
+    ``sampling``, ``writing``, ``done`` and ``skipped``. Returns one :class:`SceneResult` per scene.
+    """
+    cube_path = Path(cube_path)
+    sampler.validate(cube_path)
+    split.validate(cube_path)
+    pairs = _scene_pairs(scenes)
+    writer = CubeWriter.open(cube_path) if cube_path.exists() else None
+    committed = {r["name"]: r for r in writer.records} if writer else {}
+    todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
+    _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)
+    prepared, layout = _prepare(todo, sampler, chunks, writer.layout if writer else None, cube_path)
+    if writer is None:
+        writer = CubeWriter.create(cube_path, layout, sampler.mode, sampler.params())
+    replaced = {p.path.stem for p in prepared} & set(committed)
+    if replaced:
+        writer = remove_scenes(cube_path, replaced)
+    results = {s.stem: SceneResult(s.stem, "skipped", committed[s.stem]["split"], committed[s.stem]["count"],
+                                   committed[s.stem]["patch_counts"], start=committed[s.stem]["start"])
+               for s, _ in pairs if s.stem in committed and s.stem not in replaced}
+    for name in results:
+        if on_progress:
+            on_progress(name, "skipped")
+    for item in prepared:
+        result = add_scene(writer, item.scene, item.chart, sampler, split, on_progress=on_progress)
+        if item.path.stem in replaced:
+            result.status = "replaced"
+        results[item.path.stem] = result
+    return [results[s.stem] for s, _ in pairs]
+
+
+def _check_assignments(split: SplitConfig, names: list[str], committed: dict, overwrite: bool, where: Path) -> None:
+    """Every explicit assignment must name a scene, and may not contradict a committed scene's split."""
+    for pattern, _ in split.assign:
+        if not any(pattern in name for name in names):
+            raise CubeError(where, f"split assignment {pattern!r} matches none of the scenes")
+    if overwrite:
+        return
+    for name, record in committed.items():
+        wanted = split.explicit(name)
+        if wanted and wanted != record["split"]:
+            raise CubeError(where, f"scene {name} is already in the cube as {record['split']!r}, not "
+                                   f"{wanted!r}: pass overwrite (--overwrite) to re-split it")
+
+
+def add_scene(
+    writer: CubeWriter,
+    scene: xr.DataArray,
+    chart,
+    sampler: SamplerConfig,
+    split: SplitConfig = SplitConfig(),
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> SceneResult:
+    """Sample, cut and append one scene (``DataArray(band, y, x)`` from :func:`open_scene`) and commit it."""
+    from polarxr.labels import rasterize_chart
+
+    name = Path(scene.attrs["source"]).stem
+    layout = CubeLayout.of_scene(scene, sampler.patch_size)
+    writer.layout.check_matches(layout, scene.attrs["source"], f"scene of cube {writer.path}")
+    if on_progress:
+        on_progress(name, "sampling")
+    labels = rasterize_chart(chart, scene)
+    positions = sample_positions(scene, labels, sampler, name)
+    image, label = extract_patches(scene, labels, positions, sampler.patch_size)
+    records = writer.records
+    split_name = split.choose(name, [r["split"] for r in records])
+    if on_progress:
+        on_progress(name, "writing")
+    start = writer.reserve(len(positions))
+    _, parts = dask.compute(writer.store_patches(image, label, start), stats_tasks(image, label, layout.nodata))
+    size = sampler.patch_size
+    xs, ys = scene.rio.transform() * (positions.col + size / 2, positions.row + size / 2)
+    writer.write(start, {
+        "patch_label": positions.label, "scene": np.full(len(positions), len(records), np.int32),
+        "row": positions.row, "col": positions.col, "x": np.asarray(xs, np.float64), "y": np.asarray(ys, np.float64),
+        "split": np.full(len(positions), SPLIT_CODES[split_name], np.uint8),
+    })
+    counts = np.bincount(positions.label, minlength=N_CLASSES)
+    record = {
+        "name": name, "source": str(scene.attrs["source"]), "chart": str(labels.attrs.get("chart")),
+        "start": start, "count": len(positions), "split": split_name,
+        "shape": [int(s) for s in scene.shape[1:]], "start_time": scene.attrs.get("start"),
+        "patch_counts": {str(k): int(counts[k]) for k in range(N_CLASSES)},
+        "sampler": {"mode": sampler.mode, **sampler.params()}, "sampling": positions.summary(),
+        "stats": merge_stats(list(parts)),
+    }
+    writer.commit([*records, record])
+    if on_progress:
+        on_progress(name, "done")
+    return SceneResult(name, "added", split_name, len(positions), record["patch_counts"],
+                       record["sampling"]["shortfall"] or {}, start)
+
+
+def remove_scenes(cube_path: str | Path, names: Iterable[str]) -> CubeWriter:
+    """Rewrite the cube without the scenes ``names`` (atomically: a copy replaces it when complete)."""
+    from polarxr.io import atomic_path
+
+    cube_path = Path(cube_path)
+    names = set(names)
+    old = CubeWriter.open(cube_path)
+    attrs = dict(old.root.attrs)
+    with atomic_path(cube_path) as tmp:
+        new = CubeWriter.create(tmp, old.layout, attrs["sampler"], attrs["sampler_params"])
+        kept = []
+        for record in old.records:
+            if record["name"] in names:
+                continue
+            start = new.reserve(record["count"])
+            for lo in range(0, record["count"], SHARD):
+                hi = min(record["count"], lo + SHARD)
+                source = slice(record["start"] + lo, record["start"] + hi)
+                values = {name: old.root[name][source] for name in ("image", "label", *VECTORS)}
+                values["scene"] = np.full(hi - lo, len(kept), np.int32)
+                new.write(start + lo, values)
+            kept.append({**record, "start": start})
+            new.commit(kept)
+    return CubeWriter.open(cube_path)
+
+
+# -------------------------------------------------------------------------------------------- reading
+def open_cube(path: str | Path) -> xr.Dataset:
+    """The committed patches of a cube as a lazy ``xarray.Dataset`` (dask arrays read from Zarr).
+
+    Data variables ``image (patch, band, y, x)`` (scene dtype) and ``label (patch, y, x)`` (uint8);
+    coordinates ``band`` (names), and per patch ``patch_label``, ``scene`` (name), ``split`` (name),
+    ``row``, ``col`` and the centre's map coordinates ``x_centre``/``y_centre`` (stored as the ``x``/``y``
+    arrays; renamed because ``x``/``y`` are the patch's pixel dimensions here). ``attrs`` are the group's.
+    """
+    root, n = open_cube_group(path)
+    attrs = dict(root.attrs)
+
+    def lazy(name: str) -> da.Array:
+        array = root[name]
+        return da.from_zarr(array, chunks=array.shards or array.chunks)[:n]
+
+    vectors = {name: root[name][:n] for name in VECTORS if name in root}
+    scenes = np.asarray(attrs.get("scenes", []), dtype=object)
+    codes = {code: split for split, code in attrs.get("split_codes", SPLIT_CODES).items()}
+    coords = {
+        "band": [str(b) for b in attrs.get("band_names", range(root["image"].shape[1]))],
+        "patch_label": ("patch", vectors["patch_label"]),
+        "split": ("patch", np.array([codes.get(int(c), "?") for c in vectors["split"]], dtype=object)),
+    }
+    if "scene" in vectors and len(scenes):
+        coords["scene"] = ("patch", scenes[vectors["scene"]].astype(str))
+    for name, target in (("row", "row"), ("col", "col"), ("x", "x_centre"), ("y", "y_centre")):
+        if name in vectors:
+            coords[target] = ("patch", vectors[name])
+    return xr.Dataset(
+        {"image": (("patch", "band", "y", "x"), lazy("image")), "label": (("patch", "y", "x"), lazy("label"))},
+        coords=coords, attrs=attrs,
+    )
+
+
+def describe_classes(counts: dict[str, int]) -> str:
+    """``land 10, sea 12, ice 3`` from a class-code-keyed count mapping."""
+    return ", ".join(f"{CLASS_NAMES[k]} {counts.get(str(k), 0)}" for k in range(N_CLASSES))
+
+
+__all__ = [
+    "CubeError", "CubeLayout", "CubeWriter", "PatchDataset", "SamplerConfig", "SceneResult",
+    "SplitConfig", "add_scene", "build_cube", "open_cube", "open_cube_group", "remove_scenes",
+]

@@ -1,0 +1,141 @@
+"""A small fully convolutional U-Net: per-pixel class logits from the scene bands, tileable without seams.
+
+The network is built only from stride-1 zero-padded ("same") 3x3 convolutions, 2x2 max-pooling and 2x2
+stride-2 transposed convolutions, so it is translation-equivariant for shifts that are multiples of its
+downsampling factor :attr:`UNet.pad_multiple` (``2 ** depth``). With BatchNorm in eval mode (a per-pixel
+affine map) the value at an output pixel depends only on the input within :meth:`UNet.receptive_radius`
+pixels of it. Hence a block cropped from a larger array, extended by :attr:`UNet.halo` pixels on each
+side (clipped at the array's edges) and starting at a multiple of ``pad_multiple`` gives, over the
+block, the same logits as a run over the whole array: see :meth:`UNet.forward_padded`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 'same' convolutions, each followed by BatchNorm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _conv_radius(block: nn.Module, scale: int) -> int:
+    """Receptive-field growth (input px, one side) of the stride-1 convolutions of ``block`` at ``scale``."""
+    radius = 0
+    for conv in block.modules():
+        if isinstance(conv, nn.Conv2d):
+            if conv.stride != (1, 1):
+                raise ValueError("only stride-1 convolutions keep the receptive field computable this way")
+            radius += max((k - 1) // 2 * d for k, d in zip(conv.kernel_size, conv.dilation)) * scale
+    return radius
+
+
+class UNet(nn.Module):
+    """U-Net segmenter: ``(N, in_channels, H, W)`` float -> ``(N, n_classes, H, W)`` logits.
+
+    ``H`` and ``W`` must be multiples of :attr:`pad_multiple`; :meth:`forward_padded` accepts any size.
+    Channel widths are ``width * 2**level`` for ``level`` in ``0..depth`` (the bottleneck is ``depth``).
+    """
+
+    #: per-pixel output (a segmenter), as opposed to one class per patch
+    dense = True
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 3, width: int = 16, depth: int = 3):
+        super().__init__()
+        if in_channels < 1 or n_classes < 2 or width < 1 or depth < 1:
+            raise ValueError(f"bad U-Net size: in_channels={in_channels}, n_classes={n_classes}, "
+                             f"width={width}, depth={depth}")
+        self.in_channels, self.n_classes, self.width, self.depth = in_channels, n_classes, width, depth
+        widths = [width * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList(
+            _double_conv(in_channels if level == 0 else widths[level - 1], widths[level]) for level in range(depth)
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _double_conv(widths[depth - 1], widths[depth])
+        levels = range(depth - 1, -1, -1)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[lv + 1], widths[lv], 2, stride=2) for lv in levels)
+        self.decoders = nn.ModuleList(_double_conv(2 * widths[lv], widths[lv]) for lv in levels)
+        self.head = nn.Conv2d(width, n_classes, 1)
+
+    @property
+    def config(self) -> dict:
+        """The :func:`polarxr.models.build_model` config that rebuilds this architecture."""
+        return {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
+                "width": self.width, "depth": self.depth}
+
+    @property
+    def pad_multiple(self) -> int:
+        """Input height/width, and block offsets relative to the whole array, must be multiples of this (px)."""
+        return 2**self.depth
+
+    def receptive_radius(self) -> int:
+        """Radius (px, Chebyshev) of the input window that can influence one output pixel.
+
+        Walks the layers in forward order: a convolution at a level of scale ``s`` (input px per feature
+        px) grows the radius by ``s * (k - 1) // 2``; a 2x2 max-pool on aligned windows adds nothing (the
+        coarse pixel's footprint is the union of its children's); a 2x2 upsampling adds the fine scale,
+        because a fine pixel may sit in either half of its coarse parent's footprint; a skip concatenation
+        takes the larger radius of its two inputs. For ``depth`` 3 this gives 51 px (``7 * 2**depth - 5``).
+        """
+        radius, scale, skips = 0, 1, []
+        for encoder in self.encoders:
+            radius += _conv_radius(encoder, scale)
+            skips.append(radius)
+            scale *= 2
+        radius += _conv_radius(self.bottleneck, scale)
+        for decoder in self.decoders:
+            scale //= 2
+            radius = max(radius + scale, skips.pop())
+            radius += _conv_radius(decoder, scale)
+        return radius + _conv_radius(self.head, 1)
+
+    @property
+    def halo(self) -> int:
+        """Overlap (px) each block needs on every side for blockwise == whole-array inference.
+
+        The receptive radius rounded up to :attr:`pad_multiple`, so that a block whose edges sit on
+        multiples of ``pad_multiple`` keeps its extended crop aligned too. Within the crop, an output pixel
+        at least ``receptive_radius()`` from the crop's edge never sees the crop's zero padding, at any
+        level (the crop's edges are aligned to every level's grid), so no further margin is needed.
+        """
+        multiple = self.pad_multiple
+        return -(-self.receptive_radius() // multiple) * multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, n_classes, H, W)`` for normalised input ``(N, in_channels, H, W)``."""
+        height, width = x.shape[-2:]
+        if height % self.pad_multiple or width % self.pad_multiple:
+            raise ValueError(f"U-Net input of {height} x {width} px: height and width must be multiples of "
+                             f"{self.pad_multiple}; use forward_padded for other sizes")
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, decoder in zip(self.ups, self.decoders):
+            x = decoder(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for input of any height/width: zero-padded at the bottom/right to :attr:`pad_multiple`.
+
+        This is the reference whole-array run: a block crop that starts at a multiple of ``pad_multiple``
+        of the whole array and extends :attr:`halo` px beyond the block (clipped at the array's edges) gives,
+        inside the block, the logits of ``forward_padded`` on the whole array.
+        """
+        height, width = x.shape[-2:]
+        pad_h = -height % self.pad_multiple
+        pad_w = -width % self.pad_multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self(x)[..., :height, :width]

@@ -1,0 +1,117 @@
+"""Cutting the chosen patches out of a scene and its labels, lazily and in parallel, with their statistics.
+
+Patches are grouped by the chunk holding their top-left pixel. Each group reads one window of the scene:
+that chunk extended by ``patch_size - 1`` px below and to the right (a slice of the dask array, so only
+the chunks it touches are read), and one ``map_blocks`` task cuts all its patches from it. So a patch
+that crosses a chunk border is cut from real neighbouring pixels, chunks without patches are never read
+(most of them with the random sampler), and no overlapped copy of the whole scene is made, which
+``map_overlap`` would do for every chunk. Memory per task: one chunk plus its margin.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+from numpy.lib.stride_tricks import sliding_window_view
+
+from polarxr.classes import N_CLASSES, NO_LABEL
+from polarxr.samplers import PatchPositions
+
+#: Pixel-count keys of a group's labels: the classes, then "no label".
+LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
+
+
+def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Windows ``(n, ..., size, size)`` of a ``(..., h, w)`` block at top-left ``rows``/``cols`` (local px)."""
+    windows = sliding_window_view(block, (size, size), axis=(-2, -1))  # a view, no copy
+    return np.ascontiguousarray(np.moveaxis(windows[..., rows, cols, :, :], -3, 0))
+
+
+def _group_windows(array: da.Array, window: tuple[slice, slice], rows: np.ndarray, cols: np.ndarray,
+                   size: int) -> da.Array:
+    """Patches ``(n, [band,] size, size)`` cut from ``array[..., window]`` by one task."""
+    region = array[(Ellipsis, *window)]
+    region = region.rechunk(region.shape)
+    lead = region.shape[:-2]
+    return region.map_blocks(
+        cut_windows, rows, cols, size, new_axis=0,
+        chunks=((len(rows),), *((n,) for n in lead), (size,), (size,)),
+        dtype=array.dtype, meta=np.empty((0,) * (array.ndim + 1), dtype=array.dtype),
+    )
+
+
+def extract_patches(scene: xr.DataArray, labels: xr.DataArray, positions: PatchPositions, size: int
+                    ) -> tuple[da.Array, da.Array]:
+    """Lazy ``image (patch, band, y, x)`` in the scene's dtype and ``label (patch, y, x)`` uint8.
+
+    One dask chunk per group of patches (patches whose top-left pixel lies in the same chunk of
+    ``positions.core_chunks``), in the order of ``positions``.
+    """
+    height, width = labels.shape
+    core_y, core_x = positions.core_chunks
+    y_edges = np.concatenate([[0], np.cumsum(core_y)])
+    x_edges = np.concatenate([[0], np.cumsum(core_x)])
+    images, label_patches = [], []
+    blocks, starts = np.unique(positions.block, return_index=True)
+    bounds = np.append(starts, len(positions))
+    for block, lo, hi in zip(blocks, bounds[:-1], bounds[1:]):
+        bi, bj = divmod(int(block), len(core_x))
+        y0, x0 = int(y_edges[bi]), int(x_edges[bj])
+        window = (slice(y0, min(height, int(y_edges[bi + 1]) + size - 1)),
+                  slice(x0, min(width, int(x_edges[bj + 1]) + size - 1)))
+        rows, cols = positions.row[lo:hi] - y0, positions.col[lo:hi] - x0
+        images.append(_group_windows(scene.data, window, rows, cols, size))
+        label_patches.append(_group_windows(labels.data, window, rows, cols, size))
+    return da.concatenate(images, axis=0), da.concatenate(label_patches, axis=0)
+
+
+def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> dict:
+    """Per-band count, mean and M2 (sum of squared deviations) over valid pixels, and label pixel counts.
+
+    A pixel is valid where any band holds data (not ``nodata``, not NaN), as :func:`polarxr.scenes.valid_mask`;
+    NaN values of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
+    """
+    values = image.astype(np.float64)
+    missing = np.isnan(values)
+    if nodata is not None and not np.isnan(nodata):
+        missing |= values == nodata
+    valid_pixel = ~missing.all(axis=1)
+    counts, means, m2s = [], [], []
+    for band in range(values.shape[1]):
+        v = values[:, band][valid_pixel & ~missing[:, band]]
+        counts.append(int(v.size))
+        mean = float(v.mean()) if v.size else 0.0
+        means.append(mean)
+        m2s.append(float(((v - mean) ** 2).sum()) if v.size else 0.0)
+    pixels = {str(code): int((label == code).sum()) for code in LABEL_CODES}
+    return {"count": counts, "mean": means, "m2": m2s, "pixels": pixels}
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """Combine :func:`patch_stats` results (Chan et al.'s parallel variance), in the order given."""
+    if not parts:
+        return {"count": [], "mean": [], "m2": [], "pixels": {str(c): 0 for c in LABEL_CODES}}
+    count = np.zeros(len(parts[0]["count"]), np.float64)
+    mean = np.zeros_like(count)
+    m2 = np.zeros_like(count)
+    pixels = dict.fromkeys(parts[0]["pixels"], 0)
+    for part in parts:
+        n_b, mean_b, m2_b = (np.asarray(part[k], np.float64) for k in ("count", "mean", "m2"))
+        total = count + n_b
+        delta = mean_b - mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(total > 0, mean + delta * n_b / np.maximum(total, 1), mean)
+            m2 = m2 + m2_b + np.where(total > 0, delta**2 * count * n_b / np.maximum(total, 1), 0.0)
+        count = total
+        for key, value in part["pixels"].items():
+            pixels[key] = pixels.get(key, 0) + int(value)
+    return {"count": [int(c) for c in count], "mean": mean.tolist(), "m2": m2.tolist(), "pixels": pixels}
+
+
+def stats_tasks(image: da.Array, label: da.Array, nodata: float | None) -> list[Delayed]:
+    """One :func:`patch_stats` task per chunk of the patch arrays (sharing their tasks when computed together)."""
+    return [dask.delayed(patch_stats)(im, lab, nodata)
+            for im, lab in zip(image.to_delayed().ravel(), label.to_delayed().ravel())]

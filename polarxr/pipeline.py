@@ -1,0 +1,551 @@
+"""Unattended processing of an inbox of Sentinel-1 scenes, recorded in a run ledger.
+
+:func:`process_inbox` finds the scenes of an inbox (a folder of GeoTIFFs, or a STAC ItemCollection /
+Catalog / Collection JSON), segments those not yet done, several at once on a ``distributed`` cluster,
+and writes per scene, in ``out_dir/<scene id>/``::
+
+    <scene>_class.tif         class map COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS
+    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 255
+    <scene>_quicklook.png     quicklook of the segmentation beside the scene
+    <scene>.json              STAC Item describing the three (see :mod:`polarxr.stac`)
+
+Every scene's status is kept in ``out_dir/ledger.sqlite`` (:mod:`polarxr.ledger`). Running it twice
+processes nothing twice; a killed run leaves no half-written output (every output is written under a
+temporary name and renamed) and its ``running`` rows are reset by the next run; a scene that fails is
+recorded with its error and the others go on; ``retry_failed`` tries failed scenes again. A ``done``
+scene whose outputs went missing or changed size (e.g. truncated by a crash of another tool) is
+processed again, with a message.
+
+:func:`watch` repeats this every ``interval_s`` seconds (``polarxr process --watch --interval 10m``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioError
+
+from polarxr.errors import ModelError, PolarxrError, SceneError
+from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
+from polarxr.region import check_intersects, read_region
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.sqlite"
+CLASS_MAP_SUFFIX = "_class.tif"
+PROBABILITIES_SUFFIX = "_probability.zarr"
+QUICKLOOK_SUFFIX = "_quicklook.png"
+#: Default chunk edge (px) of the blockwise inference.
+DEFAULT_CHUNK = 2048
+# Names io.atomic_path gives its temporaries: left behind only when a process was killed mid-write.
+_LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}")
+
+
+# --------------------------------------------------------------------------------------------- inbox
+@dataclass(frozen=True)
+class InboxScene:
+    """A scene found in the inbox: id (product name), local path, matching ice chart, problem if unusable."""
+
+    scene: str
+    path: Path
+    chart: Path | None = None
+    start: datetime | None = None
+    problem: str | None = None
+
+
+def find_scenes(inbox: str | Path) -> list[InboxScene]:
+    """The scenes of an inbox folder (``*.tif``, ``*.tiff``, with ``seaice_s1_*.shp`` charts beside them) or
+    of a STAC ItemCollection / Catalog / Collection / Item JSON file, in acquisition order.
+
+    A scene whose name is not a Sentinel-1 product name, or whose STAC asset is not a local file, is
+    listed with its ``problem`` (it is recorded as failed, not processed).
+    """
+    from polarxr.scenes import chart_name_for, parse_product_name, scene_catalog
+
+    inbox = Path(inbox)
+    if inbox.is_file():
+        from polarxr.stac import read_scene_hrefs
+
+        found = []
+        for item_id, href in read_scene_hrefs(inbox):
+            if "://" in href:
+                found.append(InboxScene(item_id, Path(href), problem=f"{href}: remote scene assets are not read; "
+                                        "download the scene and reference the local file"))
+                continue
+            path = Path(href)
+            try:
+                start = parse_product_name(path).start
+            except ValueError as err:
+                found.append(InboxScene(path.stem, path, problem=str(err)))
+                continue
+            chart = path.with_name(chart_name_for(start))
+            found.append(InboxScene(path.stem, path, chart if chart.exists() else None, start))
+        return sorted(found, key=lambda s: (s.start is None, s.start or datetime.min, s.scene))
+    if not inbox.exists():
+        raise SceneError(inbox, "inbox does not exist (a folder of scene GeoTIFFs or a STAC JSON file)")
+    catalog = scene_catalog(inbox)
+    found = []
+    for row in catalog.itertuples(index=False):
+        start = getattr(row, "start", None)
+        if start is None or start != start:  # NaT / NaN: not a product name
+            found.append(InboxScene(row.scene, Path(row.path), problem=(
+                f"{Path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
+        else:
+            found.append(InboxScene(row.scene, Path(row.path), row.chart, start.to_pydatetime()))
+    return found
+
+
+# --------------------------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class SceneOutputs:
+    """Where one scene's outputs go: ``out_dir/<scene>/``."""
+
+    folder: Path
+    class_map: Path
+    probabilities: Path
+    quicklook: Path
+    stac_item: Path
+
+    @classmethod
+    def for_scene(cls, out_dir: str | Path, scene: str) -> SceneOutputs:
+        folder = Path(out_dir) / scene
+        return cls(folder, folder / f"{scene}{CLASS_MAP_SUFFIX}", folder / f"{scene}{PROBABILITIES_SUFFIX}",
+                   folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json")
+
+    def paths(self) -> dict[str, Path]:
+        """Output paths by kind, as the ledger records them."""
+        return {"class_map": self.class_map, "probabilities": self.probabilities, "quicklook": self.quicklook,
+                "stac_item": self.stac_item}
+
+
+def output_size(path: str | Path) -> int:
+    """Bytes of a file, or of all files of a folder (a Zarr store); -1 when missing."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else -1
+
+
+def check_outputs(record: SceneRecord) -> str | None:
+    """Why a ``done`` row's outputs cannot be trusted (missing, changed size, unreadable), or None."""
+    outputs, sizes = record.outputs(), record.sizes()
+    if "class_map" not in outputs:
+        return "no class map is recorded"
+    for kind, path in outputs.items():
+        if not path.exists():
+            return f"output {path} is missing"
+        if kind in sizes and output_size(path) != sizes[kind]:
+            return f"output {path} has changed size ({sizes[kind]} -> {output_size(path)} B; truncated or overwritten?)"
+    try:
+        with rasterio.open(outputs["class_map"]) as src:
+            if src.count != 1 or src.dtypes[0] != "uint8":
+                return f"output {outputs['class_map']} is not a class map (bands {src.count}, {src.dtypes[0]})"
+    except RasterioError as err:
+        return f"output {outputs['class_map']} is unreadable ({err})"
+    return None
+
+
+def _remove_leftovers(folder: Path) -> list[Path]:
+    """Delete temporaries a killed run left in ``folder`` (``.<name>.tmp-XXXXXXXX`` and the like)."""
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _LEFTOVER.match(path.name):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_version(checkpoint: str | Path) -> str:
+    """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ModelError(checkpoint, "checkpoint does not exist")
+    return file_sha256(checkpoint)[:16]
+
+
+# --------------------------------------------------------------------------------------------- report
+@dataclass
+class SceneOutcome:
+    """What a run did with one scene.
+
+    ``status``: ``done`` / ``failed`` (processed in this run), ``up-to-date`` (done earlier),
+    ``failed-before`` (failed earlier, not retried), ``busy`` (another live run is processing it).
+    """
+
+    scene: str
+    status: str
+    seconds: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    outputs: dict[str, Path] = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass
+class ProcessReport:
+    """The result of one :func:`process_inbox` call."""
+
+    run_id: str
+    inbox: Path
+    out_dir: Path
+    ledger: Path
+    started: str
+    seconds: float = 0.0
+    outcomes: list[SceneOutcome] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def with_status(self, *statuses: str) -> list[SceneOutcome]:
+        """Outcomes with any of ``statuses``."""
+        return [o for o in self.outcomes if o.status in statuses]
+
+    @property
+    def processed(self) -> list[SceneOutcome]:
+        """Scenes this run attempted (done or failed)."""
+        return self.with_status("done", "failed")
+
+    @property
+    def failed(self) -> list[SceneOutcome]:
+        """Scenes that failed in this run."""
+        return self.with_status("failed")
+
+
+# --------------------------------------------------------------------------------------------- running
+@dataclass
+class _SceneResult:
+    predict_seconds: float | None
+    checksum: str
+    metrics: dict | None
+    sizes: dict[str, int]
+    message: str | None
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the heartbeat of a run's ``running`` rows every ``every_s`` seconds, on its own connection."""
+
+    def __init__(self, ledger_path: Path, run_id: str, every_s: float):
+        super().__init__(name="polarxr-ledger-heartbeat", daemon=True)
+        self._path, self._run_id, self._every = ledger_path, run_id, every_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with Ledger(self._path) as ledger:
+            while not self._stop_event.wait(self._every):
+                try:
+                    ledger.heartbeat(self._run_id)
+                except PolarxrError as err:  # a busy ledger: the next beat will do
+                    log.warning("ledger heartbeat skipped: %s", err)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def _describe(err: BaseException) -> str:
+    """One line for the ledger: our errors as they are, others with their type."""
+    if isinstance(err, PolarxrError):
+        return str(err)
+    return f"{type(err).__name__}: {err}".splitlines()[0][:2000]
+
+
+def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, chunk: int, client,
+                   region, properties: dict) -> _SceneResult:
+    """Segment one scene and write its outputs and STAC Item (runs in a thread of the client process)."""
+    from polarxr.predict import predict_scene
+    from polarxr.scenes import open_scene
+    from polarxr.stac import scene_item, write_item
+
+    for path in _remove_leftovers(outputs.folder):
+        log.info("%s: removed %s left by an interrupted run", entry.scene, path.name)
+    if region is not None:
+        grid = open_scene(entry.path)
+        check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
+    checksum = file_sha256(entry.path)
+    message, metrics = None, None
+    with client.as_current():
+        result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
+                               chunk=chunk, client=client, quicklook=outputs.quicklook)
+        if entry.chart is not None:
+            from polarxr.evaluate import evaluate_prediction
+
+            try:
+                metrics = evaluate_prediction(outputs.class_map, entry.chart)
+            except PolarxrError as err:  # a bad chart costs the metrics, not the product
+                message = f"metrics against the chart skipped: {err}"
+    written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
+    properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics)}
+    item = scene_item(entry.scene, entry.path, outputs.stac_item, written, properties=properties)
+    write_item(item, outputs.stac_item)
+    sizes = {k: output_size(p) for k, p in outputs.paths().items() if p.exists()}
+    return _SceneResult(getattr(result, "seconds", None), checksum, metrics, sizes, message)
+
+
+def _metrics_summary(metrics: dict | None) -> dict:
+    """The scalar metrics (accuracy, mean IoU, ...) for the STAC Item; matrices stay in the ledger."""
+    if not metrics:
+        return {}
+    return {f"polarxr:{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # v == v: not NaN
+
+
+def default_concurrency(client) -> int:
+    """Scenes in flight at once: one per worker, at least two (a scene's writing overlaps another's compute)."""
+    try:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, AttributeError):
+        n_workers = 1
+    return max(2, n_workers)
+
+
+def process_inbox(
+    inbox: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path,
+    client=None,
+    retry_failed: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    max_concurrent: int | None = None,
+    region: str | Path | None = None,
+    ledger_path: str | Path | None = None,
+    on_scene: Callable[[SceneOutcome], None] | None = None,
+    heartbeat_s: float = 30.0,
+) -> ProcessReport:
+    """Segment every scene of ``inbox`` that the ledger does not record as done; return what happened.
+
+    ``inbox``: a folder of scene GeoTIFFs or a STAC JSON file. ``out_dir``: outputs in
+    ``out_dir/<scene>/`` and the ledger ``out_dir/ledger.sqlite`` (or ``ledger_path``; keep it on a local
+    disk). ``client``: a ``distributed.Client``, or a zero-argument callable returning a context manager
+    that yields one (e.g. ``lambda: get_client(scheduler=...)``), entered only when some scene needs
+    processing; by default a local cluster (:func:`polarxr.cluster.get_client`), likewise only then. ``max_concurrent`` scenes are in flight at once (default: one per
+    worker, at least two). ``region``: a polygon file; scenes that miss it are recorded as failed.
+    ``chunk``: block edge of the inference in px. ``on_scene`` is called as each scene finishes.
+
+    Raises :class:`~polarxr.ledger.LedgerError` for a ledger that is not one or from a newer polarxr,
+    :class:`ModelError` for a missing checkpoint, :class:`SceneError` for a missing inbox. Problems with
+    single scenes never raise: they are recorded and reported.
+    """
+    from polarxr import __version__
+
+    inbox, out_dir, checkpoint = Path(inbox), Path(out_dir), Path(checkpoint)
+    tic = time.perf_counter()
+    model_hash = model_version(checkpoint)
+    region_frame = read_region(region) if region else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
+    run_id = uuid.uuid4().hex[:12]
+    report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())
+    with Ledger(ledger_path) as ledger:
+        report.messages += ledger.recover_stale(active_run=run_id)
+        entries = find_scenes(inbox)
+        todo = _plan(ledger, entries, out_dir, retry_failed, report)
+        if todo:
+            with ExitStack() as stack:
+                if client is None or not hasattr(client, "submit"):
+                    from polarxr.cluster import get_client
+
+                    client = stack.enter_context((client or get_client)())
+                owner = Owner.this_process(run_id)
+                ledger.start_run(owner, model_hash, __version__)
+                properties = {"polarxr:version": __version__, "polarxr:model": model_hash,
+                              "polarxr:checkpoint": checkpoint.name}
+                try:
+                    _execute(ledger, todo, owner, model_hash, __version__, retry_failed, out_dir, checkpoint,
+                             chunk, client, region_frame, properties, max_concurrent or default_concurrency(client),
+                             heartbeat_s, report, on_scene)
+                finally:
+                    ledger.finish_run(run_id, len(report.with_status("done")), len(report.failed))
+    report.seconds = time.perf_counter() - tic
+    return report
+
+
+def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed: bool,
+          report: ProcessReport) -> list[InboxScene]:
+    """Register the inbox's scenes, re-queue done scenes whose outputs are broken, return those to process."""
+    todo = []
+    for entry in entries:
+        size, mtime = (entry.path.stat().st_size, entry.path.stat().st_mtime) if entry.path.exists() else (-1, 0.0)
+        if (message := ledger.register(entry.scene, entry.path, size, mtime)) is not None:
+            report.messages.append(message)
+        record = ledger.get(entry.scene)
+        if record.status == "done" and (problem := check_outputs(record)) is not None:
+            message = f"{entry.scene}: {problem}; processing it again"
+            ledger.reset(entry.scene, message)
+            report.messages.append(message)
+            record = ledger.get(entry.scene)
+        outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
+        if record.status == "pending" or (record.status == "failed" and retry_failed):
+            todo.append(entry)
+        elif record.status == "done":
+            report.outcomes.append(SceneOutcome(entry.scene, "up-to-date", record.seconds, attempts=record.attempts,
+                                                outputs=record.outputs()))
+        elif record.status == "failed":
+            report.outcomes.append(SceneOutcome(entry.scene, "failed-before", record.seconds, record.error,
+                                                record.attempts, message="use --retry-failed to try it again"))
+        else:
+            report.outcomes.append(SceneOutcome(entry.scene, "busy", attempts=record.attempts, outputs=outputs,
+                                                message=f"being processed by pid {record.pid} on {record.host}"))
+    return todo
+
+
+def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, checkpoint, chunk, client, region,
+             properties, max_concurrent, heartbeat_s, report, on_scene) -> None:
+    """Claim and process ``todo`` with at most ``max_concurrent`` scenes in flight; record each result."""
+    queue: deque[InboxScene] = deque(todo)
+    in_flight: dict[Future, tuple[InboxScene, float]] = {}
+    heartbeat = _Heartbeat(ledger.path, owner.run_id, heartbeat_s)
+    heartbeat.start()
+    pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="polarxr-scene")
+
+    def record(outcome: SceneOutcome) -> None:
+        report.outcomes.append(outcome)
+        if on_scene is not None:
+            on_scene(outcome)
+
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < max_concurrent:
+                entry = queue.popleft()
+                if not ledger.claim(entry.scene, owner, model_hash, version, retry_failed):
+                    row = ledger.get(entry.scene)
+                    status = {"running": "busy", "done": "up-to-date"}.get(row.status, "failed-before")
+                    record(SceneOutcome(entry.scene, status, row.seconds, row.error, row.attempts,
+                                        message="handled by another run meanwhile"))
+                    continue
+                if entry.problem is not None:
+                    ledger.mark_failed(entry.scene, owner.run_id, entry.problem, 0.0)
+                    record(SceneOutcome(entry.scene, "failed", 0.0, entry.problem, ledger.get(entry.scene).attempts))
+                    continue
+                outputs = SceneOutputs.for_scene(out_dir, entry.scene)
+                future = pool.submit(_process_scene, entry, outputs, checkpoint, chunk, client, region, properties)
+                in_flight[future] = (entry, time.perf_counter())
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                entry, started = in_flight.pop(future)
+                record(_settle(ledger, owner.run_id, entry, future, time.perf_counter() - started, out_dir))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        released = ledger.release(owner.run_id, "the run was interrupted before this scene finished")
+        log.warning("run %s interrupted; %d scene(s) set back to pending", owner.run_id, released)
+        raise
+    finally:
+        heartbeat.stop()
+    pool.shutdown(wait=True)
+
+
+def _settle(ledger: Ledger, run_id: str, entry: InboxScene, future: Future, seconds: float,
+            out_dir: Path) -> SceneOutcome:
+    """Record a finished scene future in the ledger as done or failed."""
+    outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
+    try:
+        result: _SceneResult = future.result()
+    except Exception as err:  # any failure of one scene is recorded; the others go on
+        log.debug("%s failed", entry.scene, exc_info=True)
+        error = _describe(err)
+        ledger.mark_failed(entry.scene, run_id, error, seconds)
+        return SceneOutcome(entry.scene, "failed", seconds, error, ledger.get(entry.scene).attempts)
+    written = {k: p for k, p in outputs.items() if k in result.sizes}
+    ledger.mark_done(entry.scene, run_id, written, result.sizes, seconds, result.predict_seconds, result.checksum,
+                     result.metrics, result.message)
+    return SceneOutcome(entry.scene, "done", seconds, attempts=ledger.get(entry.scene).attempts, outputs=written,
+                        message=result.message)
+
+
+# --------------------------------------------------------------------------------------------- watching
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds of a duration such as ``30s``, ``10m``, ``1h``, ``1h30m``, ``2d`` or a bare number of seconds.
+
+    Raises ``ValueError`` for anything else or a duration that is not positive.
+    """
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        compact = str(text).strip().replace(" ", "")
+        parts = list(_DURATION.finditer(compact))
+        if not compact or "".join(p.group(0) for p in parts) != compact:
+            raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 10m, 1h or 1h30m")
+        seconds = sum(float(p.group(1)) * _UNIT_S[(p.group(2) or "").lower() or None] for p in parts)
+    if not seconds > 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def watch(
+    inbox: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path,
+    interval_s: float | str = 600.0,
+    max_cycles: int | None = None,
+    client=None,
+    on_report: Callable[[ProcessReport], None] | None = None,
+    on_error: Callable[[PolarxrError], None] | None = None,
+    **options,
+) -> list[ProcessReport]:
+    """Run :func:`process_inbox` every ``interval_s`` (seconds or a duration such as ``"10m"``).
+
+    One cluster serves every cycle (started here when ``client`` is None). A cycle starts ``interval_s``
+    after the previous one started (at once if that one took longer). ``on_report`` receives each
+    cycle's report. An error of the first cycle (bad ledger, checkpoint, inbox) is raised; later cycles'
+    errors (e.g. an unmounted inbox) go to ``on_error`` (default: logged) and the watch goes on.
+    Returns the reports after ``max_cycles`` cycles; with ``max_cycles=None`` it runs until interrupted.
+    ``options`` are passed to :func:`process_inbox`.
+    """
+    interval = parse_duration(interval_s)
+    reports: list[ProcessReport] = []
+    with ExitStack() as stack:
+        if client is None:
+            from polarxr.cluster import get_client
+
+            client = stack.enter_context(get_client())
+        for cycle in _cycles(max_cycles):
+            started = time.monotonic()
+            try:
+                report = process_inbox(inbox, out_dir, checkpoint, client=client, **options)
+            except PolarxrError as err:
+                if cycle == 0:
+                    raise
+                (on_error or (lambda e: log.error("watch cycle %d failed: %s", cycle + 1, e)))(err)
+            else:
+                if max_cycles is not None:
+                    reports.append(report)
+                if on_report is not None:
+                    on_report(report)
+            if max_cycles is not None and cycle + 1 >= max_cycles:
+                break
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    return reports
+
+
+def _cycles(max_cycles: int | None) -> Iterator[int]:
+    cycle = 0
+    while max_cycles is None or cycle < max_cycles:
+        yield cycle
+        cycle += 1

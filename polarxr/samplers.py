@@ -1,0 +1,351 @@
+"""Where the training patches of a scene are cut: the seed's two samplers, drawn from rasterized labels.
+
+A patch is a ``patch_size`` x ``patch_size`` window of the scene grid given by its top-left pixel
+``(row, col)``. Its class (``patch_label``) is the label of its centre pixel ``(row + P//2, col + P//2)``,
+as the seed's point-in-polygon test of the patch centre. A position is **eligible** when the window lies
+inside the scene, its centre pixel is labelled (L=0, W=1, I=2), at most ``max_nodata`` of its pixels are
+scene nodata and at least ``min_labelled`` of them carry a label.
+
+- ``grid``: every eligible position on a lattice of ``stride`` px (default: the patch size, i.e. the
+  seed's consecutive patches; a smaller stride gives overlapping patches).
+- ``random``: up to ``samples_per_label`` patches per class, drawn uniformly without replacement from
+  the eligible positions of that class. Each position gets a pseudo-random key from a hash of
+  ``(seed, scene name, row, col)`` and the smallest keys win, so the draw is reproducible and does not
+  depend on chunking or the number of workers. ``max_tries`` reproduces the seed's timeout: the seed
+  draws top-left pixels uniformly over the whole scene until every quota is met or ``max_tries`` draws
+  were made; that sequence of draws is simulated from the per-class counts of eligible positions (a draw
+  hits class k with probability N_k / (H * W)) to decide how many patches of each class the seed would
+  have obtained, then those are taken from the rasterized labels.
+
+Eligibility is computed per chunk with ``dask.array.overlap`` (depth ``patch_size - 1`` below and to
+the right, so windows crossing chunk borders are judged on their full content) and box sums of the
+nodata and labelled masks (summed-area tables). Each chunk returns only its few candidates, never a
+raster, so memory stays at a few chunks whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from polarxr.classes import CLASS_NAMES, N_CLASSES
+from polarxr.errors import CubeError
+
+MODES = ("random", "grid")
+#: Code of scene-nodata pixels in the per-chunk eligibility input (labels use 0-2 and 255).
+_NODATA_CODE = np.uint8(254)
+#: Draws simulated at once when emulating the seed's ``max_tries`` loop.
+_TRY_BATCH = 1_000_000
+
+
+class SamplingWarning(UserWarning):
+    """A scene gave fewer patches of a class than asked (class absent from the chart, or max_tries hit)."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How patches are chosen. Sizes in pixels; fractions of the patch area in [0, 1]."""
+
+    mode: str = "random"
+    patch_size: int = 64
+    samples_per_label: int = 100
+    max_tries: int | None = None
+    stride: int | None = None
+    max_nodata: float = 0.1
+    min_labelled: float = 0.0
+    seed: int = 0
+
+    def validate(self, where: object = None) -> None:
+        """Raise :class:`CubeError` (naming ``where``) for an unknown mode or out-of-range parameter."""
+        if self.mode not in MODES:
+            raise CubeError(where, f"unknown sampler mode {self.mode!r}: use one of {', '.join(MODES)}")
+        problems = []
+        if self.patch_size < 1:
+            problems.append(f"patch size must be at least 1 px, got {self.patch_size}")
+        if self.samples_per_label < 1:
+            problems.append(f"samples per label must be at least 1, got {self.samples_per_label}")
+        if self.max_tries is not None and self.max_tries < 1:
+            problems.append(f"max tries must be at least 1, got {self.max_tries}")
+        if self.stride is not None and self.stride < 1:
+            problems.append(f"stride must be at least 1 px, got {self.stride}")
+        for name in ("max_nodata", "min_labelled"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name.replace('_', ' ')} must be a fraction in [0, 1], got {value}")
+        if problems:
+            raise CubeError(where, "; ".join(problems))
+
+    @property
+    def grid_stride(self) -> int:
+        return self.stride or self.patch_size
+
+    @property
+    def max_nodata_px(self) -> int:
+        """Most nodata pixels a patch may hold."""
+        return math.floor(self.max_nodata * self.patch_size**2 + 1e-9)
+
+    @property
+    def min_labelled_px(self) -> int:
+        """Fewest labelled pixels a patch must hold."""
+        return math.ceil(self.min_labelled * self.patch_size**2 - 1e-9)
+
+    def params(self) -> dict:
+        """JSON-ready parameters (what the cube records); only those that apply to the mode."""
+        out = asdict(self)
+        if self.mode == "grid":
+            out.pop("samples_per_label")
+            out.pop("max_tries")
+            out["stride"] = self.grid_stride
+        else:
+            out.pop("stride")
+        return out
+
+
+@dataclass
+class PatchPositions:
+    """The patches chosen in one scene, in storage order (by chunk row-major, then row, col).
+
+    ``row``/``col``: top-left pixel (int32); ``label``: centre class (uint8); ``block``: index of the
+    chunk (of ``core_chunks``) holding the top-left pixel. ``eligible``: eligible positions per class;
+    ``requested``/``accepted``: patches per class asked for and obtained (random mode); ``tries``: the
+    seed's draws simulated (None without ``max_tries``).
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    label: np.ndarray
+    block: np.ndarray
+    core_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    eligible: dict[int, int]
+    requested: dict[int, int] | None
+    accepted: dict[int, int]
+    tries: int | None = None
+    shortfall: dict[int, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def summary(self) -> dict:
+        """JSON-ready record of the draw (keys are class codes as strings)."""
+        def codes(d):
+            return None if d is None else {str(k): int(v) for k, v in d.items()}
+
+        return {"eligible": codes(self.eligible), "requested": codes(self.requested),
+                "accepted": codes(self.accepted), "tries": self.tries, "shortfall": codes(self.shortfall)}
+
+
+def scene_salt(seed: int, scene_name: str) -> int:
+    """A 64-bit salt from the seed and the scene name: the same scene draws the same patches anywhere."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{scene_name}".encode(), digest_size=8).digest(), "little")
+
+
+def position_keys(rows: np.ndarray, cols: np.ndarray, width: int, salt: int) -> np.ndarray:
+    """Pseudo-random uint64 keys of pixel positions (splitmix64 of the linear index plus ``salt``)."""
+    z = rows.astype(np.uint64) * np.uint64(width) + cols.astype(np.uint64) + np.uint64(salt)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def check_patch_fits(config: SamplerConfig, shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...],
+                     where: object) -> None:
+    """:class:`CubeError` when the patch is larger than the scene or than a (non-final) chunk."""
+    height, width = shape
+    size = config.patch_size
+    if size > height or size > width:
+        raise CubeError(where, f"patch size {size} px is larger than the scene ({height} x {width} px)")
+    for axis, sizes in zip("yx", chunks):
+        regular = sizes[:-1] if len(sizes) > 1 else sizes
+        if min(regular) < size:
+            raise CubeError(where, f"patch size {size} px is larger than the scene's {axis} chunks "
+                                   f"({min(regular)} px): open it with chunks of at least {size} px")
+
+
+def _core_chunks(sizes: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Chunks whose every block can lend ``depth`` pixels to its neighbour: a short last one is merged."""
+    sizes = list(sizes)
+    if len(sizes) > 1 and sizes[-1] < depth:
+        sizes[-2] += sizes.pop()
+    return tuple(sizes)
+
+
+def _integral(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table with a leading zero row and column (int64)."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    return table
+
+
+def _window_sums(table: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Sums over the ``size`` x ``size`` windows with top-left ``rows`` x ``cols`` (outer product)."""
+    r0, r1, c0, c1 = rows[:, None], rows[:, None] + size, cols[None, :], cols[None, :] + size
+    return table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+
+
+def _block_candidates(
+    code: np.ndarray,
+    *,
+    origins: tuple[np.ndarray, np.ndarray],
+    core: tuple[tuple[int, ...], tuple[int, ...]],
+    scene_shape: tuple[int, int],
+    config: SamplerConfig,
+    salt: int,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Candidates of one chunk: a (1, 1) object array holding a dict of small arrays.
+
+    ``code`` is the chunk extended by ``patch_size - 1`` px below and to the right (uint8: class 0-2,
+    255 unlabelled, 254 nodata). Returns ``counts`` (eligible positions per class, int64 (3,)) and the
+    candidates ``row``, ``col`` (global int32), ``label`` (uint8), ``key`` (uint64; random mode: per
+    class only the ``samples_per_label`` smallest keys, as no more can ever be selected).
+    """
+    i, j = block_info[0]["chunk-location"]
+    y0, x0 = int(origins[0][i]), int(origins[1][j])
+    size = config.patch_size
+    # positions whose window fits inside the scene
+    n_rows = max(0, min(core[0][i], scene_shape[0] - size - y0 + 1))
+    n_cols = max(0, min(core[1][j], scene_shape[1] - size - x0 + 1))
+    if config.mode == "grid":
+        stride = config.grid_stride
+        rows = np.arange((-y0) % stride, n_rows, stride)
+        cols = np.arange((-x0) % stride, n_cols, stride)
+    else:
+        rows, cols = np.arange(n_rows), np.arange(n_cols)
+    out = np.empty((1, 1), dtype=object)
+    empty = {"counts": np.zeros(N_CLASSES, np.int64), "row": np.empty(0, np.int32),
+             "col": np.empty(0, np.int32), "label": np.empty(0, np.uint8), "key": np.empty(0, np.uint64)}
+    if len(rows) == 0 or len(cols) == 0:
+        out[0, 0] = empty
+        return out
+    nodata = _window_sums(_integral(code == _NODATA_CODE), rows, cols, size)
+    labelled = _window_sums(_integral(code < N_CLASSES), rows, cols, size)
+    centre = code[np.ix_(rows + size // 2, cols + size // 2)]
+    eligible = (nodata <= config.max_nodata_px) & (labelled >= config.min_labelled_px) & (centre < N_CLASSES)
+    r_idx, c_idx = np.nonzero(eligible)
+    g_rows, g_cols = (rows[r_idx] + y0).astype(np.int32), (cols[c_idx] + x0).astype(np.int32)
+    labels = centre[r_idx, c_idx]
+    counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES].astype(np.int64)
+    if config.mode == "grid":
+        out[0, 0] = dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
+        return out
+    keys = position_keys(g_rows, g_cols, scene_shape[1], salt)
+    keep = []
+    for k in range(N_CLASSES):
+        members = np.flatnonzero(labels == k)
+        if len(members) > config.samples_per_label:
+            members = members[np.argpartition(keys[members], config.samples_per_label - 1)[: config.samples_per_label]]
+        keep.append(members)
+    keep = np.sort(np.concatenate(keep))
+    out[0, 0] = dict(counts=counts, row=g_rows[keep], col=g_cols[keep], label=labels[keep], key=keys[keep])
+    return out
+
+
+def simulate_tries(eligible: np.ndarray, quota: int, n_positions: int, max_tries: int, salt: int
+                   ) -> tuple[np.ndarray, int]:
+    """The seed's loop: ``(accepted per class, draws made)`` for uniform draws over ``n_positions``.
+
+    A draw hits class k with probability ``eligible[k] / n_positions``; the loop stops when every class
+    has ``quota`` hits or after ``max_tries`` draws. Accepted counts are capped by the eligible counts.
+    """
+    rng = np.random.default_rng(salt)
+    probs = np.append(eligible / n_positions, max(0.0, 1.0 - eligible.sum() / n_positions))
+    probs /= probs.sum()
+    hits = np.zeros(len(eligible), np.int64)
+    done = 0
+    while done < max_tries:
+        draws = rng.choice(len(probs), size=min(_TRY_BATCH, max_tries - done), p=probs)
+        cumulative = hits[:, None] + np.cumsum(draws[None, :] == np.arange(len(eligible))[:, None], axis=1)
+        met = (cumulative >= quota).all(axis=0)
+        if met.any():
+            stop = int(np.argmax(met))
+            return np.minimum(np.minimum(cumulative[:, stop], quota), eligible), done + stop + 1
+        hits = cumulative[:, -1]
+        done += len(draws)
+    return np.minimum(np.minimum(hits, quota), eligible), done
+
+
+def eligibility_code(scene: xr.DataArray, labels: xr.DataArray) -> da.Array:
+    """Lazy uint8 ``(y, x)``: the label where the scene has data, 254 where it has none."""
+    from polarxr.scenes import valid_mask
+
+    return da.where(valid_mask(scene).data, labels.data, _NODATA_CODE).astype(np.uint8)
+
+
+def sample_positions(scene: xr.DataArray, labels: xr.DataArray, config: SamplerConfig,
+                     scene_name: str) -> PatchPositions:
+    """Choose the patches of one scene from its chunk-aligned labels (computes on the active scheduler).
+
+    ``scene`` is ``DataArray(band, y, x)`` (dask), ``labels`` its ``DataArray(y, x)`` uint8 from
+    :func:`polarxr.labels.rasterize_chart`. Raises :class:`CubeError` when the patch does not fit the
+    scene or its chunks, or when no position is eligible; warns (:class:`SamplingWarning`) when a class
+    falls short of its quota.
+    """
+    where = scene.attrs.get("source", scene_name)
+    config.validate(where)
+    code = eligibility_code(scene, labels)
+    check_patch_fits(config, code.shape, code.chunks, where)
+    depth = config.patch_size - 1
+    core = tuple(_core_chunks(c, depth) for c in code.chunks)
+    code = code.rechunk(core)
+    if depth:
+        code = da.overlap.overlap(code, depth={0: (0, depth), 1: (0, depth)}, boundary="none")
+    origins = tuple(np.concatenate([[0], np.cumsum(c)[:-1]]) for c in core)
+    salt = scene_salt(config.seed, scene_name)
+    blocks = code.map_blocks(
+        _block_candidates, origins=origins, core=core, scene_shape=labels.shape, config=config, salt=salt,
+        dtype=object, chunks=(1, 1), meta=np.empty((0, 0), dtype=object),
+    ).compute()
+    return _select(blocks, config, labels.shape, core, salt, where, labels.attrs.get("chart"))
+
+
+def _select(blocks: np.ndarray, config: SamplerConfig, shape: tuple[int, int], core, salt: int,
+            where: object, chart: str | None) -> PatchPositions:
+    """Merge the per-chunk candidates into the final choice, in storage order."""
+    results = blocks.ravel()
+    block_ids = np.concatenate([np.full(len(r["row"]), b, np.int32) for b, r in enumerate(results)])
+    rows, cols, labels, keys = (np.concatenate([r[name] for r in results]) for name in ("row", "col", "label", "key"))
+    eligible = np.sum([r["counts"] for r in results], axis=0)
+    requested = None
+    tries = None
+    if config.mode == "random":
+        quota = config.samples_per_label
+        requested = {k: quota for k in range(N_CLASSES)}
+        if config.max_tries is None:
+            accepted = np.minimum(eligible, quota)
+        else:
+            accepted, tries = simulate_tries(eligible, quota, shape[0] * shape[1], config.max_tries, salt)
+        chosen = []
+        for k in range(N_CLASSES):
+            members = np.flatnonzero(labels == k)
+            order = np.lexsort((cols[members], rows[members], keys[members]))
+            chosen.append(members[order[: accepted[k]]])
+        chosen = np.concatenate(chosen)
+    else:
+        accepted = eligible
+        chosen = np.arange(len(rows))
+    order = chosen[np.lexsort((cols[chosen], rows[chosen], block_ids[chosen]))]
+    positions = PatchPositions(
+        row=rows[order], col=cols[order], label=labels[order], block=block_ids[order], core_chunks=core,
+        eligible={k: int(v) for k, v in enumerate(eligible)}, requested=requested,
+        accepted={k: int(v) for k, v in enumerate(accepted)}, tries=tries,
+    )
+    if len(positions) == 0:
+        raise CubeError(where, f"no {config.patch_size} px patch fits the sampler's rules (centre pixel "
+                               f"labelled by the chart {chart}, at most {config.max_nodata:g} nodata, at least "
+                               f"{config.min_labelled:g} labelled): check the chart covers the scene's data")
+    if requested is not None:
+        positions.shortfall = {k: requested[k] - positions.accepted[k] for k in requested
+                               if positions.accepted[k] < requested[k]}
+        for k, missing in positions.shortfall.items():
+            reason = ("the chart labels no eligible position of this class" if eligible[k] == 0 else
+                      f"only {eligible[k]} eligible positions" if eligible[k] < requested[k] else
+                      f"max_tries={config.max_tries} reached after {tries} draws")
+            warnings.warn(f"{where}: {positions.accepted[k]} of {requested[k]} {CLASS_NAMES[k]} patches "
+                          f"({reason})", SamplingWarning, stacklevel=2)
+    return positions

@@ -1,0 +1,470 @@
+"""Training of the U-Net segmenter and the seed's patch classifier on a Zarr training cube; checkpoints.
+
+A run folder holds ``checkpoint_epoch{N}.pt`` every ``save_interval`` epochs, ``last.pt`` (each epoch, for
+resuming), ``best.pt`` (best validation mean IoU), ``log.csv``/``log.json`` (one row per epoch) and
+``learning_curves.png``. A checkpoint is a plain dict readable with ``torch.load(weights_only=True)`` and
+holds everything inference needs: model config and weights, band names, normalisation, label codes and
+patch size. Runs are deterministic for a seed on CPU: each epoch's shuffling, augmentation and dropout
+are seeded from ``(seed, epoch)``, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import pickle
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from polarxr import __version__
+from polarxr.classes import CLASS_CODES, CLASS_NAMES, N_CLASSES, NO_LABEL
+from polarxr.errors import CubeError, ModelError, PolarxrError
+from polarxr.evaluate import confusion_matrix, metrics_from_confusion, to_json
+from polarxr.io import atomic_path
+from polarxr.models import MODELS, build_model
+
+CHECKPOINT_FORMAT = "polarxr-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+#: keys of a checkpoint dict that only training needs; :func:`load_checkpoint`'s meta leaves them out.
+_TRAINING_STATE = ("state_dict", "optimizer")
+
+#: ``progress(event, info)``: events "start" (epochs, start_epoch, steps), "step" (epoch, step, loss),
+#: "epoch" (the epoch's log record). Called from the training loop; keep it cheap.
+ProgressCallback = Callable[[str, dict], None]
+
+
+@dataclass
+class RunResult:
+    """What a training run left in its run folder."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    history: list[dict]
+    start_epoch: int
+    epochs: int
+    device: str
+    log_csv: Path
+    log_json: Path
+    curves_png: Path
+    checkpoints: list[Path] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        """The last epoch's log record (empty when no epoch ran)."""
+        return self.history[-1] if self.history else {}
+
+
+# ----------------------------------------------------------------------------------------- utilities
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PolarxrError(None, f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PolarxrError(None, f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def class_weights(class_counts: Mapping | list, n_classes: int = N_CLASSES) -> torch.Tensor:
+    """Inverse-frequency class weights from a cube's ``class_counts``, with pixel-weighted mean 1.
+
+    ``class_counts`` is a list in code order or a mapping keyed by code (``0``/``"0"``), letter (``"L"``)
+    or name (``"land"``); other keys (``"255"``) are ignored. Absent classes get weight 0.
+    """
+    counts = np.zeros(n_classes, dtype=np.float64)
+    if isinstance(class_counts, Mapping):
+        by_name = {name: code for code, name in CLASS_NAMES.items()} | CLASS_CODES
+        for key, value in class_counts.items():
+            code = by_name.get(key, int(key) if str(key).lstrip("-").isdigit() else None)
+            if code is not None and 0 <= code < n_classes:
+                counts[code] += float(value)
+    else:
+        values = list(class_counts)[:n_classes]
+        counts[: len(values)] = values
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("class counts hold no labelled pixels")
+    freq = counts / total
+    weights = np.where(counts > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
+    weights /= (weights * freq).sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-weighted mean cross entropy over targets that are not 255; 0 (not NaN) when all are 255."""
+    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="sum")
+    valid = target != NO_LABEL
+    norm = weight[target.clamp(max=len(weight) - 1)][valid].sum()
+    return loss / norm.clamp(min=1e-12)
+
+
+def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random flip/rot90 (of the 8 symmetries of a square) per sample, same for image and label.
+
+    ``images`` ``(N, band, y, x)``, ``labels`` ``(N, y, x)``; SAR textures have no preferred orientation
+    at this scale, so these are label-preserving.
+    """
+    choice = torch.randint(0, 8, (images.shape[0],), generator=generator)
+    images, labels = images.clone(), labels.clone()
+    for k in range(1, 8):
+        idx = torch.nonzero(choice == k).flatten()
+        if len(idx) == 0:
+            continue
+        img, lab = images[idx], labels[idx]
+        if k >= 4:
+            img, lab = img.flip(-1), lab.flip(-1)
+        images[idx] = torch.rot90(img, k % 4, dims=(-2, -1))
+        labels[idx] = torch.rot90(lab, k % 4, dims=(-2, -1))
+    return images, labels
+
+
+def _plain(value):
+    """Numpy scalars/arrays -> Python types, so the checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write a checkpoint dict atomically (temporary name, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def make_checkpoint(net: nn.Module, *, band_names: list[str], norm: dict, patch_size: int, epoch: int = 0,
+                    optimizer: torch.optim.Optimizer | None = None, **extra) -> dict:
+    """The checkpoint dict of ``net``: everything inference needs, plus training state when given.
+
+    ``norm`` is ``{"mean": [...], "std": [...]}`` per band in the scene's units; ``extra`` adds plain
+    values (seed, history, ...). Loads with ``torch.load(weights_only=True)``.
+    """
+    state = {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+        "polarxr_version": __version__, "torch_version": str(torch.__version__),
+        "model_config": net.config, "band_names": list(band_names), "norm": norm,
+        "label_codes": dict(CLASS_CODES), "class_names": dict(CLASS_NAMES), "no_label": NO_LABEL,
+        "patch_size": patch_size, "halo": getattr(net, "halo", None),
+        "pad_multiple": getattr(net, "pad_multiple", None), "epoch": epoch, **extra,
+    }
+    state = _plain(state)
+    state["state_dict"] = net.state_dict()
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> dict:
+    """The raw checkpoint dict (weights and optimizer state included), validated.
+
+    Raises :class:`ModelError` when the file is missing, unreadable, not a polarxr checkpoint, or (with
+    ``model``) holds another model than ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "checkpoint does not exist")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ModelError(path, f"not a readable torch checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(path, "is not a polarxr checkpoint (no polarxr model config in it)")
+    name = state.get("model_config", {}).get("name")
+    if name not in MODELS:
+        raise ModelError(path, f"holds an unknown model {name!r}")
+    if model is not None and name != model:
+        raise ModelError(path, f"holds a {name!r} model, not the {model!r} asked for")
+    return state
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None
+                    ) -> tuple[nn.Module, dict]:
+    """``(model in eval mode on device, meta)`` from a checkpoint; see :func:`read_checkpoint` for errors.
+
+    ``meta`` is the checkpoint without weights and optimizer state: ``model_config``, ``band_names``,
+    ``norm`` ({"mean", "std"} per band, in the scene's units), ``label_codes``, ``class_names``,
+    ``patch_size``, ``halo``/``pad_multiple`` (px, U-Net), ``epoch``, ``seed``, ``history``, versions.
+    """
+    state = read_checkpoint(path, device, model)
+    net = build_model(state["model_config"])
+    try:
+        net.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise ModelError(path, f"weights do not fit the model config {state['model_config']} ({err})") from None
+    net.to(device).eval()
+    meta = {k: v for k, v in state.items() if k not in _TRAINING_STATE}
+    return net, meta
+
+
+# --------------------------------------------------------------------------------------------- data
+def _cube_info(cube_path: Path) -> dict:
+    """Band names, normalisation, patch size and class counts of a cube; :class:`CubeError` when unusable."""
+    from polarxr.cube import open_cube
+
+    if not cube_path.exists():
+        raise CubeError(cube_path, "training cube does not exist")
+    attrs = dict(open_cube(cube_path).attrs)
+    missing = [k for k in ("band_names", "norm", "patch_size", "class_counts") if k not in attrs]
+    if missing:
+        raise CubeError(cube_path, f"is not a polarxr training cube (attributes {missing} missing)")
+    try:
+        weights = class_weights(attrs["class_counts"])
+    except ValueError:
+        raise CubeError(cube_path, "has no labelled pixels (was it built from scenes without ice charts?)") from None
+    return {
+        "band_names": [str(b) for b in attrs["band_names"]],
+        "norm": {"mean": [float(v) for v in attrs["norm"]["mean"]], "std": [float(v) for v in attrs["norm"]["std"]]},
+        "patch_size": int(attrs["patch_size"]),
+        "class_weights": weights,
+    }
+
+
+def _datasets(cube_path: Path):
+    from polarxr.cube import PatchDataset
+
+    # augmentation is applied batch-wise in the loop, seeded per epoch, so the cube's own flag stays off
+    train_set = PatchDataset(cube_path, split="train", augment=False)
+    val_set = PatchDataset(cube_path, split="val", augment=False)
+    if len(train_set) == 0:
+        raise CubeError(cube_path, "has no patches in the 'train' split")
+    return train_set, val_set
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+# ------------------------------------------------------------------------------------------ training
+def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dtype, generator=None):
+    image, label, patch_label = batch
+    target = label if net.dense else patch_label
+    if generator is not None and net.dense:
+        image, target = augment_batch(image, target, generator)
+    elif generator is not None:
+        image, _ = augment_batch(image, label, generator)
+    image = image.to(device, non_blocking=True)
+    target = target.to(device, non_blocking=True).long()
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = net(image)
+    return logits, target
+
+
+@torch.no_grad()
+def validate(net: nn.Module, loader: DataLoader, weight: torch.Tensor, device: torch.device, amp_dtype=None) -> dict:
+    """Validation loss and :func:`polarxr.evaluate.metrics_from_confusion` scores (pixel-wise for a
+    segmenter, patch-wise for the patch classifier)."""
+    net.eval()
+    cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
+    loss_sum, loss_n = 0.0, 0
+    for batch in loader:
+        logits, target = _batch_logits_and_target(net, batch, device, amp_dtype)
+        loss_sum += float(weighted_cross_entropy(logits, target, weight)) * len(target)
+        loss_n += len(target)
+        cm += confusion_matrix(logits.argmax(1).cpu().numpy(), target.cpu().numpy())
+    metrics = metrics_from_confusion(cm)
+    metrics["loss"] = loss_sum / max(loss_n, 1)
+    return metrics
+
+
+def _log_record(epoch: int, train_loss: float, val: dict | None, lr: float, seconds: float, steps: int) -> dict:
+    record = {"epoch": epoch, "train_loss": train_loss, "steps": steps, "lr": lr, "seconds": round(seconds, 3)}
+    nan = float("nan")
+    record["val_loss"] = val["loss"] if val else nan
+    record["val_mean_iou"] = val["mean_iou"] if val else nan
+    record["val_mean_f1"] = val["mean_f1"] if val else nan
+    record["val_overall_accuracy"] = val["overall_accuracy"] if val else nan
+    record["val_scored"] = val["n_pixels"] if val else 0  # labelled pixels (U-Net) or patches (classifier)
+    for code, name in CLASS_NAMES.items():
+        record[f"val_iou_{name}"] = val["per_class"][name]["iou"] if val else nan
+    return record
+
+
+def _write_logs(run_dir: Path, history: list[dict]) -> tuple[Path, Path, Path]:
+    """``log.csv``, ``log.json`` and ``learning_curves.png`` of the history so far (atomic writes)."""
+    csv_path, json_path, png_path = run_dir / "log.csv", run_dir / "log.json", run_dir / "learning_curves.png"
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(to_json(history))
+    with atomic_path(png_path) as tmp:
+        _plot_curves(history, tmp)
+    return csv_path, json_path, png_path
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    """Loss (train, val) and validation scores per epoch, side by side (no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_score = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="weighted cross entropy", title="loss")
+    ax_loss.legend()
+    ax_score.plot(epochs, [r["val_mean_iou"] for r in history], "o-", lw=2, label="mean IoU")
+    ax_score.plot(epochs, [r["val_overall_accuracy"] for r in history], "s--", label="overall accuracy")
+    for name in CLASS_NAMES.values():
+        ax_score.plot(epochs, [r[f"val_iou_{name}"] for r in history], ":", label=f"IoU {name}")
+    ax_score.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
+    ax_score.legend(fontsize="small")
+    for ax in (ax_loss, ax_score):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _model_config(model: str, info: dict, model_options: dict | None) -> dict:
+    config = {"name": model, "in_channels": len(info["band_names"]), "n_classes": N_CLASSES}
+    if model == "patchcnn":
+        config["patch_size"] = info["patch_size"]
+    config.update(model_options or {})
+    return config
+
+
+def train(
+    cube_path: str | Path,
+    out_dir: str | Path,
+    model: str = "unet",
+    epochs: int = 3,
+    batch_size: int = 28,
+    lr: float = 1e-3,
+    device: str = "auto",
+    seed: int = 0,
+    save_interval: int = 1,
+    run_number: int = 0,
+    resume: bool = True,
+    max_steps_per_epoch: int | None = None,
+    progress: ProgressCallback | None = None,
+    model_options: dict | None = None,
+    weight_decay: float = 1e-4,
+) -> RunResult:
+    """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
+
+    ``out_dir`` is the run folder. Loss: cross entropy with inverse-frequency class weights from the cube's
+    ``class_counts``, ignoring label 255 (dense labels for the U-Net, the centre label for the patch
+    classifier). Augmentation: random flips/rot90. Mixed precision (bf16, else fp16) only on CUDA.
+    ``model_options`` are extra model arguments (``{"width": 16, "depth": 3}``). With ``resume`` and an
+    existing ``last.pt`` of the same model, training continues after its epoch. ``max_steps_per_epoch``
+    caps the batches per epoch (quick runs).
+    """
+    if model not in MODELS:
+        raise ModelError(None, f"unknown model {model!r}; known models: {', '.join(MODELS)}")
+    if epochs < 1 or batch_size < 1 or save_interval < 1 or not lr > 0:
+        raise PolarxrError(None, f"epochs, batch size, save interval and lr must be positive "
+                                 f"(got {epochs}, {batch_size}, {save_interval}, {lr})")
+    cube_path, run_dir = Path(cube_path), Path(out_dir)
+    info = _cube_info(cube_path)
+    train_set, val_set = _datasets(cube_path)
+    dev = resolve_device(device)
+    amp_dtype = None
+    if dev.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    config = _model_config(model, info, model_options)
+    torch.manual_seed(seed)
+    net = build_model(config).to(dev)
+    if net.dense and info["patch_size"] % net.pad_multiple:
+        raise ModelError(None, f"cube patch size {info['patch_size']} px is not a multiple of the U-Net's "
+                               f"{net.pad_multiple} (2**depth); use a smaller depth or another patch size")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    weight = info["class_weights"].to(dev)
+
+    start_epoch, history = 0, []
+    last_path = run_dir / "last.pt"
+    if resume and last_path.exists():
+        state = read_checkpoint(last_path, dev, model)
+        if state["model_config"] != net.config:
+            raise ModelError(last_path, f"holds a model configured as {state['model_config']}, not {net.config}; "
+                                        "use another --out or --no-resume")
+        if state["band_names"] != info["band_names"]:
+            raise ModelError(last_path, f"was trained on bands {state['band_names']}, the cube has "
+                                        f"{info['band_names']}")
+        net.load_state_dict(state["state_dict"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = int(state["epoch"]), list(state.get("history", []))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    steps = math.ceil(len(train_set) / batch_size)
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    if progress:
+        progress("start", {"epochs": epochs, "start_epoch": start_epoch, "steps": steps, "device": str(dev)})
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if len(val_set) else None
+    meta = {"band_names": info["band_names"], "norm": info["norm"], "patch_size": info["patch_size"],
+            "seed": seed, "run_number": run_number, "cube": str(cube_path),
+            "class_weights": info["class_weights"].tolist(),
+            "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
+                         "max_steps_per_epoch": max_steps_per_epoch}}
+    best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
+    checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
+    for epoch in range(start_epoch + 1, epochs + 1):
+        tic = time.perf_counter()
+        epoch_seed = _epoch_seed(seed, epoch)
+        torch.manual_seed(epoch_seed)  # dropout of the patch classifier
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(epoch_seed))
+        augment = torch.Generator().manual_seed(epoch_seed + 1)
+        net.train()
+        loss_sum, n_seen = 0.0, 0
+        for step, batch in enumerate(loader, start=1):
+            logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment)
+            loss = weighted_cross_entropy(logits, target, weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(target)
+            n_seen += len(target)
+            if progress:
+                progress("step", {"epoch": epoch, "step": step, "loss": loss.item()})
+            if step >= steps:
+                break
+        val = validate(net, val_loader, weight, dev, amp_dtype) if val_loader else None
+        record = _log_record(epoch, loss_sum / max(n_seen, 1), val, lr, time.perf_counter() - tic, step)
+        history.append(record)
+        state = make_checkpoint(net, optimizer=optimizer, epoch=epoch, history=history, **meta)
+        if epoch % save_interval == 0:
+            checkpoints.append(save_checkpoint(run_dir / f"checkpoint_epoch{epoch}.pt", state))
+        score = record["val_mean_iou"]
+        if not math.isnan(score) and score > best:
+            best = score
+            save_checkpoint(run_dir / "best.pt", state)
+        save_checkpoint(last_path, state)
+        _write_logs(run_dir, history)
+        if progress:
+            progress("epoch", record)
+    csv_path, json_path, png_path = run_dir / "log.csv", run_dir / "log.json", run_dir / "learning_curves.png"
+    if not csv_path.exists():
+        _write_logs(run_dir, history)
+    best_path = run_dir / "best.pt"
+    return RunResult(run_dir=run_dir, last_checkpoint=last_path, best_checkpoint=best_path if best_path.exists() else None,
+                     history=history, start_epoch=start_epoch, epochs=epochs, device=str(dev), log_csv=csv_path,
+                     log_json=json_path, curves_png=png_path,
+                     checkpoints=sorted(set(checkpoints), key=lambda p: int(p.stem.removeprefix("checkpoint_epoch"))))

@@ -1,0 +1,6 @@
+"""Shared pytest fixtures."""
+
+# Real dask scheduler + worker processes on localhost: fixtures real_scheduler, real_tls_scheduler.
+from cluster_fixtures import real_scheduler, real_tls_scheduler  # noqa: F401
+# A tiny Zarr v3 training cube in the documented layout: fixture tiny_cube.
+from cube_files import tiny_cube  # noqa: F401

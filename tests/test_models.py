@@ -1,0 +1,100 @@
+"""Models: shapes, the U-Net's receptive field (halo) measured empirically, blockwise == whole-array."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polarxr.errors import ModelError
+from polarxr.models import PatchCNN, UNet, build_model
+
+torch.set_num_threads(1)
+
+
+def _unet(depth: int = 2, width: int = 4, in_channels: int = 2, seed: int = 0, trained_bn: bool = True) -> UNet:
+    """A small U-Net in eval mode, by default with non-trivial BatchNorm statistics (as after training)."""
+    torch.manual_seed(seed)
+    net = build_model({"name": "unet", "in_channels": in_channels, "width": width, "depth": depth})
+    for module in net.modules():
+        if trained_bn and isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_build_models_and_shapes():
+    net = build_model({"name": "unet", "in_channels": 3, "n_classes": 3, "width": 8, "depth": 3})
+    assert isinstance(net, UNet) and net.pad_multiple == 8
+    assert net(torch.zeros(2, 3, 48, 64)).shape == (2, 3, 48, 64)
+    assert build_model(net.config).config == net.config
+    cnn = build_model({"name": "patchcnn", "in_channels": 2, "width": 8})
+    assert isinstance(cnn, PatchCNN) and cnn.patch_size == 64
+    assert cnn.eval()(torch.zeros(5, 2, 64, 64)).shape == (5, 3)
+    assert net.dense and not cnn.dense
+
+
+def test_bad_model_configs_and_input_sizes():
+    with pytest.raises(ModelError, match="unknown model 'resnet'"):
+        build_model({"name": "resnet"})
+    with pytest.raises(ModelError, match="cannot build model 'unet'"):
+        build_model({"name": "unet", "depth": 0})
+    with pytest.raises(ModelError, match="cannot build model 'unet'"):
+        build_model({"name": "unet", "colour": "red"})
+    net = _unet(depth=3)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.zeros(1, 2, 50, 64))
+    assert net.forward_padded(torch.zeros(1, 2, 50, 61)).shape == (1, 3, 50, 61)
+    with pytest.raises(ValueError, match="64 x 64"):
+        build_model({"name": "patchcnn"})(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_halo_bounds_the_measured_receptive_field(depth):
+    """Perturbing one input pixel changes no logit farther than receptive_radius(), and some that far."""
+    net = _unet(depth=depth, trained_bn=False)  # fresh BN: no ReLU is dead everywhere, every path counts
+    radius, m = net.receptive_radius(), net.pad_multiple
+    assert radius == 7 * 2**depth - 5  # the hand count for this layout
+    assert net.halo % m == 0 and radius <= net.halo < radius + m
+    size = (2 * radius // m + 4) * m
+    x = torch.randn(1, 2, size, size, generator=torch.Generator().manual_seed(1))
+    reach = []
+    with torch.no_grad():
+        base = net(x)
+        for offset in range(m):  # every phase of the pixel relative to the pooling grid
+            p = size // 2 - (size // 2) % m + offset
+            bumped = x.clone()
+            bumped[0, :, p, p] += 1000.0
+            changed = (net(bumped) != base).any(dim=1)[0].nonzero()  # exact: untouched logits are bit-identical
+            reach.append(int((changed - p).abs().amax()))
+    assert max(reach) <= radius
+    assert max(reach) == radius  # the bound is tight: the halo is not wastefully large
+
+
+def _blockwise(net: UNet, x: torch.Tensor, chunk: int, halo: int) -> torch.Tensor:
+    """Logits assembled from blocks of ``chunk`` px, each run on its crop extended by ``halo`` px."""
+    height, width = x.shape[-2:]
+    out = torch.empty(1, net.n_classes, height, width)
+    for y0 in range(0, height, chunk):
+        for x0 in range(0, width, chunk):
+            y1, x1 = min(y0 + chunk, height), min(x0 + chunk, width)
+            cy0, cx0 = max(0, y0 - halo), max(0, x0 - halo)
+            crop = x[..., cy0:min(height, y1 + halo), cx0:min(width, x1 + halo)]
+            logits = net.forward_padded(crop)
+            out[..., y0:y1, x0:x1] = logits[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+    return out
+
+
+@pytest.mark.parametrize("chunk", [24, 40, 64])
+def test_blockwise_with_halo_equals_whole_array(chunk):
+    """Blocks aligned to pad_multiple, extended by the halo, give the whole-array logits (ragged edges too)."""
+    net = _unet(depth=3)
+    x = torch.randn(1, 2, 101, 90, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = net.forward_padded(x)
+        blocks = _blockwise(net, x, chunk, net.halo)
+        short = _blockwise(net, x, chunk, net.halo // 2)
+    torch.testing.assert_close(blocks, whole, atol=1e-4, rtol=1e-4)
+    assert torch.equal(blocks.argmax(1), whole.argmax(1))
+    # with half the halo, block edges show: the halo is what makes the tiling seamless
+    assert (short - whole).abs().max() > 1e-3

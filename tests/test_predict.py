@@ -1,0 +1,137 @@
+"""Blockwise inference: seamless for any chunking, COG on the input grid, worker death, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import torch
+from distributed import Client, LocalCluster
+from scene_files import PRODUCT, write_chart, write_scene
+
+from polarxr.errors import ModelError, SceneError
+from polarxr.models import build_model
+from polarxr.predict import normalise, predict_scene, probabilities, segment_array
+from polarxr.scenes import open_scene
+from polarxr.train import load_checkpoint, make_checkpoint, save_checkpoint
+
+BANDS = ["HH", "HV", "HH-HV"]
+NORM = {"mean": [128.0] * 3, "std": [60.0] * 3}
+
+
+def make_random_checkpoint(path, name="unet", bands=BANDS, seed=0):
+    """An untrained but non-trivial model (random weights) saved as a polarxr checkpoint."""
+    torch.manual_seed(seed)
+    config = {"name": name, "in_channels": len(bands), "n_classes": 3}
+    if name == "unet":
+        config.update(width=4, depth=3)
+    net = build_model(config).eval()
+    return save_checkpoint(path, make_checkpoint(net, band_names=bands, norm=NORM, patch_size=64))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    scene = write_scene(tmp / PRODUCT, shape=(300, 260), tile=64, nodata_margin=30)
+    chart = write_chart(tmp / "seaice_s1_20180116t075430.shp")
+    return scene, chart, make_random_checkpoint(tmp / "unet.pt"), make_random_checkpoint(tmp / "cnn.pt", "patchcnn")
+
+
+def whole_array(scene_path, checkpoint):
+    model, meta = load_checkpoint(checkpoint)
+    scene = open_scene(scene_path)
+    image, valid = normalise(scene.values, meta, scene.rio.nodata)
+    return segment_array(model, image, model.pad_multiple), valid
+
+
+@pytest.mark.parametrize("chunk", [64, 96, 200, 512])
+def test_blockwise_equals_whole_array(files, chunk):
+    """Chunks just over the halo (64 > 56), ragged edges (300 = 3 x 96 + 12), one block, several blocks."""
+    scene_path, _, checkpoint, _ = files
+    expected, valid = whole_array(scene_path, checkpoint)
+    probs = probabilities(open_scene(scene_path), checkpoint, chunk=chunk, tile=64)
+    assert probs.dims == ("class", "y", "x") and probs.shape == (3, 300, 260)
+    actual = probs.compute(scheduler="threads").values
+    np.testing.assert_allclose(actual[:, valid], expected[:, valid], atol=2e-5)
+    np.testing.assert_array_equal(actual[:, valid].argmax(0), expected[:, valid].argmax(0))
+    assert not actual[:, ~valid].any()  # nodata-only blocks are skipped, nodata pixels have no probability
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def test_predict_scene_writes_cog_on_input_grid(files, client, tmp_path):
+    scene_path, chart, checkpoint, _ = files
+    result = predict_scene(scene_path, checkpoint, tmp_path / "pred.tif", probabilities=tmp_path / "prob.zarr",
+                           chart=chart, chunk=128, client=client, quicklook=tmp_path / "pred.png")
+    scene = open_scene(scene_path)
+    cog = rioxarray.open_rasterio(result.class_map)
+    assert cog.rio.crs == scene.rio.crs and cog.rio.transform() == scene.rio.transform()
+    assert cog.shape == (1, 300, 260) and cog.dtype == np.uint8 and cog.rio.nodata == 255
+    with rasterio.open(result.class_map) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    expected, valid = whole_array(scene_path, checkpoint)
+    classes = cog.values[0]
+    np.testing.assert_array_equal(classes[valid], expected[:, valid].argmax(0))
+    assert (classes[~valid] == 255).all()
+    import xarray as xr
+
+    stored = xr.open_zarr(result.probabilities, consolidated=False)["probability"]
+    assert stored.dims == ("class", "y", "x") and list(stored["class"].values) == ["land", "sea", "ice"]
+    np.testing.assert_allclose(stored.values[:, valid] / 255, expected[:, valid], atol=1 / 255)
+    assert result.quicklook.stat().st_size > 1000
+    assert set(result.metrics) >= {"mean_iou", "overall_accuracy"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_patch_classifier_is_repieced_at_patch_resolution(files, client, tmp_path):
+    scene_path, _, _, checkpoint = files
+    out = predict_scene(scene_path, checkpoint, tmp_path / "cnn.tif", chunk=128, client=client).class_map
+    classes = rioxarray.open_rasterio(out).values[0]
+    tiles = classes[:256, 64:256].reshape(4, 64, 3, 64).transpose(0, 2, 1, 3).reshape(12, -1)
+    assert all(len(np.unique(t)) == 1 for t in tiles)
+
+
+def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
+    scene_path, _, checkpoint, _ = files
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        reference = predict_scene(scene_path, checkpoint, tmp_path / "ref.tif", chunk=64, client=client).class_map
+        pids = list(client.run(os.getpid).values())
+        killed = threading.Event()
+
+        def kill_one(done, total):
+            if done == 3 and not killed.is_set():
+                killed.set()
+                os.kill(pids[0], signal.SIGKILL)
+
+        out = predict_scene(scene_path, checkpoint, tmp_path / "killed.tif", chunk=64, client=client,
+                            progress=kill_one).class_map
+        assert killed.is_set()
+    np.testing.assert_array_equal(rioxarray.open_rasterio(out).values, rioxarray.open_rasterio(reference).values)
+
+
+def test_bad_inputs(files, tmp_path):
+    scene_path, _, checkpoint, _ = files
+    other_bands = make_random_checkpoint(tmp_path / "hh_hv.pt", bands=["HH", "HV"])
+    with pytest.raises(ModelError, match=r"trained on bands \['HH', 'HV'\]"):
+        probabilities(open_scene(scene_path), other_bands)
+    with pytest.raises(ModelError, match="smaller than the model's halo"):
+        probabilities(open_scene(scene_path), checkpoint, chunk=32)
+    with pytest.raises(ModelError, match="multiple of the model's downsampling factor"):
+        probabilities(open_scene(scene_path), checkpoint, chunk=100)
+    no_crs = write_scene(tmp_path / "no_crs.tif", crs=None)
+    with pytest.raises(SceneError, match="has no CRS"):
+        predict_scene(no_crs, checkpoint, tmp_path / "x.tif", client=object())
+    with pytest.raises(ModelError, match="does not exist"):
+        predict_scene(scene_path, tmp_path / "missing.pt", tmp_path / "x.tif", client=object())
+    assert not (tmp_path / "x.tif").exists()
