@@ -385,6 +385,9 @@ def build_cube(
     split.validate(cube_path)
     pairs = _scene_pairs(scenes)
     writer = CubeWriter.open(cube_path) if cube_path.exists() else None
+    if writer and writer.layout.patch_size != sampler.patch_size:
+        raise CubeError(cube_path, f"holds patches of {writer.layout.patch_size} px, not {sampler.patch_size} px: "
+                                   "use its patch size or another cube")
     committed = {r["name"]: r for r in writer.records} if writer else {}
     todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
     _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)

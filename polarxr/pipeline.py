@@ -511,7 +511,8 @@ def watch(
 ) -> list[ProcessReport]:
     """Run :func:`process_inbox` every ``interval_s`` (seconds or a duration such as ``"10m"``).
 
-    One cluster serves every cycle (started here when ``client`` is None). A cycle starts ``interval_s``
+    One cluster serves every cycle (``client`` as in :func:`process_inbox`; a factory or the default
+    local cluster is started here, once). A cycle starts ``interval_s``
     after the previous one started (at once if that one took longer). ``on_report`` receives each
     cycle's report. An error of the first cycle (bad ledger, checkpoint, inbox) is raised; later cycles'
     errors (e.g. an unmounted inbox) go to ``on_error`` (default: logged) and the watch goes on.
@@ -521,10 +522,10 @@ def watch(
     interval = parse_duration(interval_s)
     reports: list[ProcessReport] = []
     with ExitStack() as stack:
-        if client is None:
+        if client is None or not hasattr(client, "submit"):
             from polarxr.cluster import get_client
 
-            client = stack.enter_context(get_client())
+            client = stack.enter_context((client or get_client)())
         for cycle in _cycles(max_cycles):
             started = time.monotonic()
             try:

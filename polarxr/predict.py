@@ -248,17 +248,20 @@ def probabilities(
     chunk: int = DEFAULT_CHUNK,
     tile: int = DEFAULT_TILE,
     batch_size: int = 8,
+    seamless: bool = True,
 ) -> xr.DataArray:
     """Lazy float32 class probabilities ``DataArray(class, y, x)`` of a scene, on its grid and CRS.
 
     Chunks are ``chunk`` px (a multiple of the model's downsampling factor, and not smaller than the halo);
     each block sees a halo of at least the model's receptive field, so the result does not depend on
-    ``chunk``.
+    ``chunk``. ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
     """
     checkpoint = Path(checkpoint)
     model, meta = worker_model(checkpoint, device="cpu")
     _check_compatible(scene, meta, checkpoint)
     halo, multiple = _geometry(model, meta)
+    if not seamless:  # a preview (and the benchmarks' baseline): no halo, seams at block edges
+        halo = 0
     if chunk % multiple:
         raise ModelError(checkpoint, f"chunk {chunk} px must be a multiple of the model's downsampling factor {multiple}")
     if chunk < max(halo, multiple):
@@ -358,6 +361,7 @@ def predict_scenes(
     tile: int = DEFAULT_TILE,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    seamless: bool = True,
 ) -> list[PredictionResult]:
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
@@ -371,7 +375,8 @@ def predict_scenes(
     for path in scenes:
         stem = Path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
-    results = _run(scenes, outputs, checkpoint, client, chunk, tile, batch_size, progress)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    results = _run(scenes, outputs, checkpoint, client, options, progress)
     for result, chart in zip(results, charts):
         _finish(result, chart, quicklooks)
     return results
@@ -389,15 +394,17 @@ def predict_scene(
     tile: int = DEFAULT_TILE,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    seamless: bool = True,
 ) -> PredictionResult:
     """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook, metrics)."""
     outputs = [(Path(out_tif), Path(probabilities) if probabilities else None)]
-    (result,) = _run([scene_path], outputs, checkpoint, client, chunk, tile, batch_size, progress)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
     return result
 
 
-def _run(scenes, outputs, checkpoint, client, chunk, tile, batch_size, progress) -> list[PredictionResult]:
+def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
     from distributed import as_completed
 
     from polarxr import __version__
@@ -408,15 +415,15 @@ def _run(scenes, outputs, checkpoint, client, chunk, tile, batch_size, progress)
         raise ModelError(checkpoint, "checkpoint file does not exist")
     if client is None:
         with get_client() as local_client:
-            return _run(scenes, outputs, checkpoint, local_client, chunk, tile, batch_size, progress)
+            return _run(scenes, outputs, checkpoint, local_client, options, progress)
     tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
     started = time.perf_counter()
     plans, futures, where = [], [], {}
     try:
         for index, (scene_path, (out_tif, out_zarr)) in enumerate(zip(scenes, outputs)):
-            scene = open_scene(scene_path, chunks={"band": -1, "y": chunk, "x": chunk})
+            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]})
             ensure_not_empty(scene)
-            probs = probabilities(scene, checkpoint, chunk=chunk, tile=tile, batch_size=batch_size)
+            probs = probabilities(scene, checkpoint, **options)
             encoded = encoded_blocks(scene, probs)
             plans.append(_SceneWriter(scene, probs, Path(out_tif), out_zarr, tags))
             y_edges = np.cumsum((0,) + encoded.chunks[1])

@@ -124,13 +124,12 @@ def _block_stats(classes: np.ndarray, flags: np.ndarray, transform: Affine, crs_
 def open_class_map(path: str | Path, chunk: int | None = None) -> xr.DataArray:
     """A class map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata) as a lazy ``DataArray(y, x)``.
 
-    Chunks are multiples of the file's tiles near ``chunk`` px (default ~2048). Raises
+    Chunks are ``chunk`` px, by default multiples of the file's tiles near 2048 px. Raises
     :class:`SceneError` when the file is missing, unreadable, not one integer band, or not projected.
     """
-    from polarxr.scenes import default_chunks, open_scene
+    from polarxr.scenes import open_scene
 
-    chunks = default_chunks(path, chunk) if chunk else None
-    classes = open_scene(path, chunks=chunks)
+    classes = open_scene(path, chunks=chunk)
     if classes.sizes["band"] != 1 or not np.issubdtype(classes.dtype, np.integer):
         raise SceneError(path, f"is not a class map: expected 1 integer band, found {classes.sizes['band']} "
                                f"band(s) of {classes.dtype}")

@@ -220,8 +220,6 @@ def _cube_info(cube_path: Path) -> dict:
     """Band names, normalisation, patch size and class counts of a cube; :class:`CubeError` when unusable."""
     from polarxr.cube import open_cube
 
-    if not cube_path.exists():
-        raise CubeError(cube_path, "training cube does not exist")
     attrs = dict(open_cube(cube_path).attrs)
     missing = [k for k in ("band_names", "norm", "patch_size", "class_counts") if k not in attrs]
     if missing:
@@ -390,7 +388,7 @@ def train(
     torch.manual_seed(seed)
     net = build_model(config).to(dev)
     if net.dense and info["patch_size"] % net.pad_multiple:
-        raise ModelError(None, f"cube patch size {info['patch_size']} px is not a multiple of the U-Net's "
+        raise ModelError(cube_path, f"patch size {info['patch_size']} px is not a multiple of the U-Net's "
                                f"{net.pad_multiple} (2**depth); use a smaller depth or another patch size")
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     weight = info["class_weights"].to(dev)

@@ -79,7 +79,8 @@ def write_tiny_cube(path: Path, patches_per_scene: int = 16, patch_size: int = 3
     }.items():
         root.create_array(name, data=np.asarray(data), chunks=(n,), dimension_names=("patch",))
     root.attrs.update({
-        "crs": CRS_WKT, "patch_size": patch_size, "band_names": BAND_NAMES, "sampler": "random",
+        "crs": CRS_WKT, "patch_size": patch_size, "band_names": BAND_NAMES, "dtype": "uint8", "nodata": 0,
+        "n_patches": n, "sampler": "random",
         "sampler_params": {"patches_per_scene": patches_per_scene, "seed": seed},
         "class_counts": counts, "scenes": scenes, "splits": splits, "split_codes": SPLIT_CODES,
         "norm": {"mean": pixels.mean(axis=1).tolist(), "std": pixels.std(axis=1).tolist()},

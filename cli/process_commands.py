@@ -1,0 +1,150 @@
+"""Unattended processing and time series: ``process`` (an inbox of scenes, once or ``--watch``) and ``timeseries``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from polarxr.cli.app import app
+from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
+                                 client_from_options)
+
+console = Console()
+
+_STATUS_STYLE = {"done": "green", "failed": "bold red", "up-to-date": "dim", "failed-before": "red",
+                 "busy": "yellow"}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (systemd stop, kill) unwinds like Ctrl-C, so the run hands its scenes back to the ledger."""
+    raise SystemExit(128 + signum)
+
+
+def _outcome_line(outcome) -> str:
+    style = _STATUS_STYLE.get(outcome.status, "")
+    seconds = f" in {outcome.seconds:.1f} s" if outcome.seconds else ""
+    detail = f": {escape(outcome.error)}" if outcome.error else ""
+    return f"[{style}]{outcome.status}[/] {escape(outcome.scene)}{seconds}{detail}"
+
+
+def _report_table(report) -> Table:
+    table = Table(title=f"run {report.run_id}: {len(report.with_status('done'))} done, {len(report.failed)} failed, "
+                        f"{len(report.with_status('up-to-date'))} up to date ({report.seconds:.1f} s)")
+    table.add_column("scene", overflow="fold")
+    table.add_column("status")
+    table.add_column("attempts", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("outputs / error", overflow="fold")
+    for o in report.outcomes:
+        folder = o.outputs["class_map"].parent if "class_map" in o.outputs else None
+        detail = escape(o.error) if o.error else (escape(str(folder)) if folder else escape(o.message or ""))
+        table.add_row(escape(o.scene), f"[{_STATUS_STYLE.get(o.status, '')}]{o.status}[/]", str(o.attempts),
+                      f"{o.seconds:.1f}" if o.seconds else "-", detail)
+    return table
+
+
+def _print_report(report, quiet_when_idle: bool = False) -> None:
+    for message in report.messages:
+        console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+    if quiet_when_idle and not report.processed and not report.messages:
+        console.print(f"[dim]{report.started}: nothing new ({len(report.outcomes)} scene(s) known)[/]")
+        return
+    console.print(_report_table(report))
+    console.print(f"ledger: {escape(str(report.ledger))}")
+
+
+@app.command()
+def process(
+    inbox: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (charts beside them are used for metrics), "
+                                               "or a STAC ItemCollection / Catalog JSON listing scenes.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
+    interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",
+    max_cycles: Annotated[int | None, typer.Option("--max-cycles", min=1, help="Stop --watch after N cycles.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", min=16, help="Block edge of the inference (px).")] = 2048,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
+                                                       help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
+    region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail.")] = None,
+    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
+    cluster: ClusterOption = ClusterKind.local,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
+    tls_dir: TlsDirOption = None,
+) -> None:
+    """Segment every scene of INBOX not yet done, recording each in a run ledger; idempotent and crash-safe.
+
+    Outputs per scene in OUT/<scene>/: class COG, probability Zarr, quicklook PNG and a STAC Item JSON.
+    A cluster is started only when some scene needs processing. Exit code 1 when a scene failed in this
+    run (its error is in the table and the ledger), 0 otherwise.
+    """
+    from polarxr.pipeline import parse_duration, process_inbox
+    from polarxr.pipeline import watch as watch_inbox
+
+    try:
+        interval_s = parse_duration(interval)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--interval") from None
+    signal.signal(signal.SIGTERM, _terminate)
+
+    def client():
+        return client_from_options(cluster, scheduler, workers, tls_dir, console=console)
+
+    options = dict(retry_failed=retry_failed, chunk=chunk, max_concurrent=max_concurrent, region=region,
+                   ledger_path=ledger, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
+    if watch:
+        console.print(f"watching [bold]{escape(str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
+        watch_inbox(inbox, out, checkpoint, interval_s, max_cycles=max_cycles, client=client,
+                    on_report=lambda r: _print_report(r, quiet_when_idle=True),
+                    on_error=lambda e: console.print(f"[bold red]cycle failed:[/] {escape(str(e))}"), **options)
+        return
+    report = process_inbox(inbox, out, checkpoint, client=client, **options)
+    _print_report(report)
+    if report.failed:
+        sys.exit(1)
+
+
+@app.command()
+def timeseries(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder of `polarxr process` (its */<scene>_class.tif).")],
+    region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON or any polygon file).")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="CSV path (default OUT_DIR/timeseries[_REGION].csv).")] = None,
+    parquet: Annotated[Path | None, typer.Option("--parquet", help="Parquet path (default alongside the CSV).")] = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Plot path (default alongside the CSV).")] = None,
+    map_plane: Annotated[bool, typer.Option("--map-plane", help="Areas in the map plane instead of on the WGS84 ellipsoid.")] = False,
+    chunk: Annotated[int | None, typer.Option("--chunk", min=64, help="Block edge in px (default ~2048).")] = None,
+) -> None:
+    """Areas (km²) of sea, ice and land and land/sea, ice/sea boundary lengths (km) per acquisition.
+
+    Written as CSV and Parquet and plotted as a PNG time series; computed blockwise from the class COGs.
+    """
+    from polarxr.progress import dask_progress
+    from polarxr.timeseries import build_timeseries, plot_timeseries
+
+    stem = f"timeseries_{region.stem}" if region else "timeseries"
+    csv = csv or out_dir / f"{stem}.csv"
+    parquet = parquet or csv.with_suffix(".parquet")
+    png = png or csv.with_suffix(".png")
+    with dask_progress("class areas and boundaries"):
+        frame = build_timeseries(out_dir, region=region, csv=csv, parquet=parquet, ellipsoidal=not map_plane,
+                                 chunk=chunk)
+    title = f"Sea, ice and land{f' in {region.stem}' if region else ''}: {len(frame)} acquisitions"
+    plot_timeseries(frame, png, title=title)
+    table = Table(title=title)
+    for column in ("time (UTC)", "land km²", "sea km²", "ice km²", "ice fraction", "land/sea km", "ice/sea km", "note"):
+        table.add_column(column, justify="left" if column in ("time (UTC)", "note") else "right", overflow="fold")
+    for time, row in frame.iterrows():
+        table.add_row(f"{time:%Y-%m-%d %H:%M}", *(f"{row[c]:.1f}" for c in ("land_km2", "sea_km2", "ice_km2")),
+                      f"{row['ice_fraction']:.3f}", f"{row['land_sea_km']:.1f}", f"{row['ice_sea_km']:.1f}",
+                      escape(row["note"]))
+    console.print(table)
+    for label, path in (("CSV", csv), ("Parquet", parquet), ("plot", png)):
+        console.print(f"{label}: [bold]{escape(str(path))}[/]")
