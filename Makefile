@@ -20,3 +20,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/labels_bench.py
+	$(VENV)/bin/python benchmarks/cube_bench.py

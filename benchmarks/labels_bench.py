@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-FULL_SIZE = (15564, 15218)
+from common import FULL_SIZE
 
 
 def seed_labels(chart, transform, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ unless ``--checkpoint`` is given.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,17 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-FULL_SIZE = (15564, 15218)
-
-
-def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int = 3) -> Path:
-    from polarxr.models import build_model
-    from polarxr.train import make_checkpoint, save_checkpoint
-
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": len(bands), "n_classes": 3, "width": width, "depth": depth})
-    norm = {"mean": [128.0] * len(bands), "std": [60.0] * len(bands)}
-    return save_checkpoint(path, make_checkpoint(net.eval(), band_names=bands, norm=norm, patch_size=128))
+from common import FULL_SIZE, random_checkpoint, worker_peak_mib
 
 
 def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repeats: int = 3) -> float:
@@ -61,12 +50,6 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
     return repeats * tile * tile / (time.perf_counter() - started) / 1e6
 
 
-def worker_peak_mib(client) -> list[float]:
-    """Peak resident memory (MiB) of every worker process since it started."""
-    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return sorted(peaks.values())
-
-
 def run(scene: Path, checkpoint: Path, out: Path, client, chunk: int, tile: int, batch: int, seamless: bool) -> float:
     from polarxr.predict import predict_scene
 
@@ -80,12 +63,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=2, default=FULL_SIZE, metavar=("ROWS", "COLS"))
     parser.add_argument("--scene", type=Path, help="an existing scene instead of a synthetic one")
+    parser.add_argument("--seed", type=int, default=3, help="seed of the synthetic scene")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local")
     parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (GPU workers overlap I/O)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-halo runs")
     args = parser.parse_args()
@@ -100,7 +85,7 @@ def main() -> None:
         from polarxr.synthetic import make_scene
 
         started = time.perf_counter()
-        scene = make_scene(workdir / "scene", seed=3, size=tuple(args.size)).scene
+        scene = make_scene(workdir / "scene", seed=args.seed, size=tuple(args.size)).scene
         console.print(f"synthetic {args.size[0]} x {args.size[1]} scene made in {time.perf_counter() - started:.0f} s")
     from polarxr.scenes import open_scene
 
@@ -111,7 +96,8 @@ def main() -> None:
     if device == "cpu":
         torch.set_num_threads(1)  # a single-threaded worker is the unit the cluster is made of
     ideal = ideal_mpx_s(checkpoint, scene, args.chunk, device)
-    device_name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, 1 thread per worker"
+    device_name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    device_name += f", {args.threads} thread(s) per worker, tile {args.tile}"
 
     table = Table(title=f"Blockwise inference of a {opened.sizes['y']} x {opened.sizes['x']} scene "
                         f"({megapixels:.0f} Mpx), chunk {args.chunk}, {device_name}")
@@ -119,7 +105,7 @@ def main() -> None:
                    "peak RSS per worker"):
         table.add_column(column, justify="right")
     for n in args.workers:
-        with get_client(cluster=args.cluster, n_workers=n, threads_per_worker=1) as client:
+        with get_client(cluster=args.cluster, n_workers=n, threads_per_worker=args.threads) as client:
             seconds = run(scene, checkpoint, workdir / f"pred_{n}.tif", client, args.chunk, args.tile,
                           args.batch_size, seamless=True)
             peaks = worker_peak_mib(client)

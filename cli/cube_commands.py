@@ -136,7 +136,7 @@ def sample(
     chunk on a Dask cluster. Scenes already in the cube are skipped; an interrupted run is finished by
     running it again.
     """
-    from polarxr.cube import build_cube
+    from polarxr.cube import plan_cube
     from polarxr.progress import make_progress
     from polarxr.samplers import SamplerConfig
     from polarxr.scenes import scene_catalog
@@ -150,6 +150,7 @@ def sample(
         from polarxr.errors import SceneError
 
         raise SceneError(scenes_dir, "holds no scene GeoTIFFs (*.tif)")
+    plan = plan_cube(catalog, cube, sampler, split_config, overwrite=overwrite, chunks=chunk)
     with client_from_options(cluster, scheduler, workers, tls_dir), make_progress() as progress, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", category=UserWarning)
@@ -160,8 +161,7 @@ def sample(
             if stage in ("done", "skipped"):
                 progress.advance(task)
 
-        results = build_cube(catalog, cube, sampler, split_config, overwrite=overwrite,
-                             chunks=chunk, on_progress=on_progress)
+        results = plan.run(on_progress)
         progress.update(task, description="scenes")
     _print_warnings(caught)
     _summary(results, cube)

@@ -12,6 +12,7 @@ from polarxr.cli import cube_commands  # noqa: F401  (registers commands)
 from polarxr.cli import predict_commands  # noqa: F401  (registers commands)
 from polarxr.cli import process_commands  # noqa: F401  (registers commands)
 from polarxr.cli import scene_commands  # noqa: F401  (registers commands)
+from polarxr.cli import synth_commands  # noqa: F401  (registers commands)
 from polarxr.cli import train_commands  # noqa: F401  (registers commands)
 from polarxr.cli.app import app
 from polarxr.errors import PolarxrError

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -57,6 +58,8 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
         console.print(f"[dim]{report.started}: nothing new ({len(report.outcomes)} scene(s) known)[/]")
         return
     console.print(_report_table(report))
+    if earlier := report.with_status("failed-before"):
+        console.print(f"{len(earlier)} scene(s) failed in earlier runs and were not tried again: use --retry-failed")
     console.print(f"ledger: {escape(str(report.ledger))}")
 
 
@@ -142,9 +145,9 @@ def timeseries(
     for column in ("time (UTC)", "land km²", "sea km²", "ice km²", "ice fraction", "land/sea km", "ice/sea km", "note"):
         table.add_column(column, justify="left" if column in ("time (UTC)", "note") else "right", overflow="fold")
     for time, row in frame.iterrows():
+        fraction = "-" if np.isnan(row["ice_fraction"]) else f"{row['ice_fraction']:.3f}"
         table.add_row(f"{time:%Y-%m-%d %H:%M}", *(f"{row[c]:.1f}" for c in ("land_km2", "sea_km2", "ice_km2")),
-                      f"{row['ice_fraction']:.3f}", f"{row['land_sea_km']:.1f}", f"{row['ice_sea_km']:.1f}",
-                      escape(row["note"]))
+                      fraction, f"{row['land_sea_km']:.1f}", f"{row['ice_sea_km']:.1f}", escape(row["note"]))
     console.print(table)
     for label, path in (("CSV", csv), ("Parquet", parquet), ("plot", png)):
         console.print(f"{label}: [bold]{escape(str(path))}[/]")

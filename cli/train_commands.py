@@ -33,6 +33,13 @@ class DeviceName(StrEnum):
     cuda = "cuda"
 
 
+class Schedule(StrEnum):
+    """Learning-rate schedules."""
+
+    cosine = "cosine"
+    constant = "constant"
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4f}"
@@ -77,6 +84,8 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, shuffling, augmentation.")] = 0,
     width: Annotated[int | None, typer.Option("--width", min=1, help="Channels of the first layer (default: the model's).")] = None,
     depth: Annotated[int | None, typer.Option("--depth", min=1, help="U-Net downsamplings (default 3).")] = None,
+    pool: Annotated[int | None, typer.Option("--pool", min=1, help="U-Net input average-pooling (multi-look) factor; 4 widens context, cuts compute 16x (default 1).")] = None,
+    schedule: Annotated[Schedule, typer.Option("--schedule", help="Learning rate per step: cosine (decay to 1 %) or constant.")] = Schedule.cosine,
     max_steps: Annotated[int | None, typer.Option("--max-steps-per-epoch", min=1, help="Cap batches per epoch.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from RUN/last.pt when present.")] = True,
 ) -> None:
@@ -88,14 +97,15 @@ def train_command(
     from polarxr.train import train
 
     run_dir = out if out is not None else Path("runs") / f"run{run_number}"
-    options = {k: v for k, v in {"width": width, "depth": depth}.items() if v is not None}
+    options = {k: v for k, v in {"width": width, "depth": depth, "pool": pool}.items() if v is not None}
     if model == ModelName.patchcnn:
         options.pop("depth", None)
+        options.pop("pool", None)
     with make_progress() as bar:
         result = train(cube, run_dir, model=str(model), epochs=epochs, batch_size=batch_size, lr=lr,
                        device=str(device), seed=seed, save_interval=save_interval, run_number=run_number,
                        resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model)),
-                       model_options=options)
+                       model_options=options, schedule=str(schedule))
     table = Table(title=f"{model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]

@@ -92,8 +92,9 @@ def get_client(
     """Yield a connected :class:`distributed.Client`; a cluster started here is shut down on exit.
 
     ``cluster`` is ``"local"`` or ``"cuda"``; with ``scheduler`` (an address such as
-    ``tcp://10.0.0.5:8786`` or ``tls://...``) the existing cluster is used as it is and left running. ``n_workers`` defaults to the usable cores (local) or the visible GPUs (cuda);
-    ``threads_per_worker`` to 1; ``memory_limit`` is per worker ("auto" splits the machine's memory).
+    ``tcp://10.0.0.5:8786`` or ``tls://...``) the existing cluster is used as it is and left running.
+    ``n_workers`` defaults to the usable cores (local) or the visible GPUs (cuda), ``threads_per_worker``
+    to 1; ``memory_limit`` is per worker ("auto" splits the machine's memory).
     ``security`` or ``tls_dir`` (``ca.pem``/``cert.pem``/``key.pem``) turns on TLS. ``timeout`` is the
     seconds allowed to reach an existing scheduler. ``on_dashboard`` receives the dashboard URL (default:
     logged at INFO). Raises :class:`ClusterError` for an unknown kind, an unreachable scheduler, or
@@ -220,7 +221,7 @@ def visible_gpu_count() -> tuple[int, str]:
             pynvml.nvmlShutdown()
     except Exception as err:  # no driver, no library: NVML raises its own error classes
         return 0, f"the NVIDIA driver could not be queried: {err}"
-    return count, "the NVIDIA driver reports no GPU"
+    return count, "" if count else "the NVIDIA driver reports no GPU"
 
 
 def _announce(client: Client, on_dashboard: Callable[[str], None] | None) -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from polarxr.cube import SPLIT_CODES, open_cube_group
 from polarxr.errors import CubeError
+from polarxr.patches import valid_pixels
 
 
 class PatchDataset(Dataset):
@@ -64,12 +65,8 @@ class PatchDataset(Dataset):
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """``(band, y, x)`` raw values -> float32 normalised, nodata pixels and NaN set to 0."""
-        image = raw.astype(np.float32)
-        missing = np.isnan(image)
-        if self.nodata is not None:
-            missing |= raw == self.nodata
-        image = (image - self.mean) / self.std
-        image[:, missing.all(axis=0)] = 0.0
+        image = (raw.astype(np.float32) - self.mean) / self.std
+        image[:, ~valid_pixels(raw, self.nodata)] = 0.0
         image[np.isnan(image)] = 0.0
         return image
 

@@ -29,6 +29,10 @@ from polarxr.classes import CLASS_CODES, ICE, LAND, NO_LABEL, WATER
 from polarxr.errors import ChartError
 from polarxr.scenes import open_scene, valid_mask
 
+# rasterio's in-memory scratch dataset warns about its own missing geotransform from every rasterize
+# call; a filter set once here is thread-safe, unlike catch_warnings inside dask tasks.
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
+
 #: Drawing order: later classes overwrite earlier ones where polygons overlap.
 OVERLAP_PRIORITY: tuple[int, ...] = (WATER, ICE, LAND)
 #: Egg-code columns of the ExtremeEarth charts (99 = unset).
@@ -126,7 +130,11 @@ def _block_shapes(
             )
             box = (min(xs), min(ys), max(xs), max(ys))
             hits = np.sort(tree.query(shapely.box(*box), predicate="intersects"))
-            clipped = shapely.clip_by_rect(geoms[hits], *box)
+            try:
+                clipped = shapely.clip_by_rect(geoms[hits], *box)
+            except shapely.errors.GEOSException:
+                # GEOS cannot clip some degenerate rings; rasterizing them whole gives the same pixels
+                clipped = geoms[hits]
             out[i, j] = [(g, int(c)) for g, c in zip(clipped, codes[hits]) if not g.is_empty]
     return out
 
@@ -139,16 +147,13 @@ def _rasterize_block(shapes: np.ndarray, transform: Affine, block_info: dict | N
     shape = (y1 - y0, x1 - x0)
     if not pairs:
         return np.full(shape, NO_LABEL, dtype=np.uint8)
-    with warnings.catch_warnings():
-        # rasterio's in-memory scratch dataset warns about its own missing geotransform
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return features.rasterize(
-            pairs,
-            out_shape=shape,
-            transform=transform @ Affine.translation(x0, y0),
-            fill=NO_LABEL,
-            dtype=np.uint8,
-        )
+    return features.rasterize(
+        pairs,
+        out_shape=shape,
+        transform=transform @ Affine.translation(x0, y0),
+        fill=NO_LABEL,
+        dtype=np.uint8,
+    )
 
 
 def rasterize_chart(chart: gpd.GeoDataFrame | str | Path, scene: xr.DataArray) -> xr.DataArray:

@@ -136,8 +136,8 @@ _COLUMNS = [f.name for f in fields(SceneRecord)]
 
 
 def now_iso() -> str:
-    """The current UTC time as ISO 8601 with seconds (``2026-01-16T07:54:30+00:00``)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """The current UTC time as ISO 8601 with milliseconds (``2026-01-16T07:54:30.123+00:00``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,9 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         try:
             self._init_schema()
+        except sqlite3.OperationalError as err:  # locked, read-only, disk full
+            self._db.close()
+            raise LedgerError(self.path, f"cannot use the run ledger: {err}") from None
         except sqlite3.DatabaseError as err:
             self._db.close()
             raise LedgerError(self.path, f"is not a polarxr run ledger (SQLite says: {err}); "

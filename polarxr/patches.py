@@ -10,6 +10,8 @@ that crosses a chunk border is cut from real neighbouring pixels, chunks without
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dask
 import dask.array as da
 import numpy as np
@@ -18,10 +20,31 @@ from dask.delayed import Delayed
 from numpy.lib.stride_tricks import sliding_window_view
 
 from polarxr.classes import N_CLASSES, NO_LABEL
-from polarxr.samplers import PatchPositions
+
+if TYPE_CHECKING:
+    from polarxr.samplers import PatchPositions
 
 #: Pixel-count keys of a group's labels: the classes, then "no label".
 LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
+
+
+def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
+    """True where any band holds data (not ``nodata``, not NaN), as :func:`polarxr.scenes.valid_mask`."""
+    missing = np.isnan(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        missing |= values == nodata
+    return ~missing.all(axis=band_axis)
+
+
+def labels_where_valid(scene: np.ndarray, raster: np.ndarray, nodata: float | None, fill: int) -> np.ndarray:
+    """Chart raster ``(y, x)`` with ``fill`` where the scene block ``(band, y, x)`` has no data (uint8)."""
+    return np.where(valid_pixels(scene, nodata), raster, np.uint8(fill)).astype(np.uint8)
+
+
+def masked_labels(scene: da.Array, raster: da.Array, nodata: float | None, fill: int = NO_LABEL) -> da.Array:
+    """Lazy :func:`labels_where_valid` over aligned ``scene (band, y, x)`` and ``raster (y, x)`` chunks."""
+    return da.map_blocks(labels_where_valid, scene, raster, nodata, fill, drop_axis=0, dtype=np.uint8,
+                         meta=np.empty((0, 0), np.uint8))
 
 
 def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
@@ -30,27 +53,33 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
     return np.ascontiguousarray(np.moveaxis(windows[..., rows, cols, :, :], -3, 0))
 
 
-def _group_windows(array: da.Array, window: tuple[slice, slice], rows: np.ndarray, cols: np.ndarray,
-                   size: int) -> da.Array:
-    """Patches ``(n, [band,] size, size)`` cut from ``array[..., window]`` by one task."""
+def _region(array: da.Array, window: tuple[slice, slice]) -> da.Array:
+    """``array[..., window]`` as one chunk."""
     region = array[(Ellipsis, *window)]
-    region = region.rechunk(region.shape)
+    return region.rechunk(region.shape)
+
+
+def _cut(region: da.Array, rows: np.ndarray, cols: np.ndarray, size: int) -> da.Array:
+    """Patches ``(n, [band,] size, size)`` cut from a one-chunk region by one task."""
     lead = region.shape[:-2]
     return region.map_blocks(
         cut_windows, rows, cols, size, new_axis=0,
         chunks=((len(rows),), *((n,) for n in lead), (size,), (size,)),
-        dtype=array.dtype, meta=np.empty((0,) * (array.ndim + 1), dtype=array.dtype),
+        dtype=region.dtype, meta=np.empty((0,) * (region.ndim + 1), dtype=region.dtype),
     )
 
 
-def extract_patches(scene: xr.DataArray, labels: xr.DataArray, positions: PatchPositions, size: int
+def extract_patches(scene: xr.DataArray, raster: xr.DataArray, positions: PatchPositions, size: int
                     ) -> tuple[da.Array, da.Array]:
     """Lazy ``image (patch, band, y, x)`` in the scene's dtype and ``label (patch, y, x)`` uint8.
 
-    One dask chunk per group of patches (patches whose top-left pixel lies in the same chunk of
-    ``positions.core_chunks``), in the order of ``positions``.
+    ``raster`` is the chart rasterized on the scene's grid without the scene's nodata
+    (:func:`polarxr.labels.rasterize_chart` of one band); labels are set to 255 where the scene has no
+    data here, from the same window that gives the image patches. One dask chunk per group of patches (patches whose
+    top-left pixel lies in the same chunk of ``positions.core_chunks``), in the order of ``positions``.
     """
-    height, width = labels.shape
+    height, width = raster.shape
+    nodata = scene.rio.nodata
     core_y, core_x = positions.core_chunks
     y_edges = np.concatenate([[0], np.cumsum(core_y)])
     x_edges = np.concatenate([[0], np.cumsum(core_x)])
@@ -63,8 +92,10 @@ def extract_patches(scene: xr.DataArray, labels: xr.DataArray, positions: PatchP
         window = (slice(y0, min(height, int(y_edges[bi + 1]) + size - 1)),
                   slice(x0, min(width, int(x_edges[bj + 1]) + size - 1)))
         rows, cols = positions.row[lo:hi] - y0, positions.col[lo:hi] - x0
-        images.append(_group_windows(scene.data, window, rows, cols, size))
-        label_patches.append(_group_windows(labels.data, window, rows, cols, size))
+        image = _region(scene.data, window)
+        labels = masked_labels(image, _region(raster.data, window), nodata)
+        images.append(_cut(image, rows, cols, size))
+        label_patches.append(_cut(labels, rows, cols, size))
     return da.concatenate(images, axis=0), da.concatenate(label_patches, axis=0)
 
 
@@ -75,13 +106,10 @@ def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> d
     NaN values of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
     """
     values = image.astype(np.float64)
-    missing = np.isnan(values)
-    if nodata is not None and not np.isnan(nodata):
-        missing |= values == nodata
-    valid_pixel = ~missing.all(axis=1)
+    valid_pixel = valid_pixels(image, nodata, band_axis=1)
     counts, means, m2s = [], [], []
     for band in range(values.shape[1]):
-        v = values[:, band][valid_pixel & ~missing[:, band]]
+        v = values[:, band][valid_pixel & ~np.isnan(values[:, band])]
         counts.append(int(v.size))
         mean = float(v.mean()) if v.size else 0.0
         means.append(mean)

@@ -285,16 +285,17 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
     checksum = file_sha256(entry.path)
     message, metrics = None, None
-    with client.as_current():
-        result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
-                               chunk=chunk, client=client, quicklook=outputs.quicklook)
-        if entry.chart is not None:
-            from polarxr.evaluate import evaluate_prediction
+    result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
+                           chunk=chunk, client=client, quicklook=outputs.quicklook)
+    if entry.chart is not None:
+        from polarxr.evaluate import evaluate_prediction
 
-            try:
-                metrics = evaluate_prediction(outputs.class_map, entry.chart)
-            except PolarxrError as err:  # a bad chart costs the metrics, not the product
-                message = f"metrics against the chart skipped: {err}"
+        # Not client.as_current(): it flips dask's global config, which threads would race on; the
+        # metrics run on the default scheduler (the local cluster's client, or threads here).
+        try:
+            metrics = evaluate_prediction(outputs.class_map, entry.chart)
+        except PolarxrError as err:  # a bad chart costs the metrics, not the product
+            message = f"metrics against the chart skipped: {err}"
     written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
     properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics)}
     item = scene_item(entry.scene, entry.path, outputs.stac_item, written, properties=properties)
@@ -307,7 +308,7 @@ def _metrics_summary(metrics: dict | None) -> dict:
     """The scalar metrics (accuracy, mean IoU, ...) for the STAC Item; matrices stay in the ledger."""
     if not metrics:
         return {}
-    return {f"polarxr:{k}": float(v) for k, v in metrics.items()
+    return {f"polarxr:{k}": v if isinstance(v, int) else float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # v == v: not NaN
 
 

@@ -36,6 +36,7 @@ import xarray as xr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES
 from polarxr.errors import CubeError
+from polarxr.patches import masked_labels
 
 MODES = ("random", "grid")
 #: Code of scene-nodata pixels in the per-chunk eligibility input (labels use 0-2 and 255).
@@ -164,7 +165,7 @@ def check_patch_fits(config: SamplerConfig, shape: tuple[int, int], chunks: tupl
         regular = sizes[:-1] if len(sizes) > 1 else sizes
         if min(regular) < size:
             raise CubeError(where, f"patch size {size} px is larger than the scene's {axis} chunks "
-                                   f"({min(regular)} px): open it with chunks of at least {size} px")
+                                   f"({min(regular)} px): use chunks (--chunk) of at least {size} px")
 
 
 def _core_chunks(sizes: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -176,16 +177,20 @@ def _core_chunks(sizes: tuple[int, ...], depth: int) -> tuple[int, ...]:
 
 
 def _integral(mask: np.ndarray) -> np.ndarray:
-    """Summed-area table with a leading zero row and column (int64)."""
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    """Summed-area table with a leading zero row and column (int32: a chunk holds far fewer than 2**31 px)."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=table[1:, 1:])
     return table
 
 
-def _window_sums(table: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Sums over the ``size`` x ``size`` windows with top-left ``rows`` x ``cols`` (outer product)."""
-    r0, r1, c0, c1 = rows[:, None], rows[:, None] + size, cols[None, :], cols[None, :] + size
-    return table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+def _window_sums(table: np.ndarray, rows: slice, cols: slice, size: int) -> np.ndarray:
+    """Sums over the ``size`` x ``size`` windows whose top-left corners are ``rows`` x ``cols`` (slices,
+    so that the four corners are strided views of the table, not gathers)."""
+    def shifted(s: slice, by: int) -> slice:
+        return slice(s.start + by, s.stop + by, s.step)
+
+    return (table[shifted(rows, size), shifted(cols, size)] - table[rows, shifted(cols, size)]
+            - table[shifted(rows, size), cols] + table[rows, cols])
 
 
 def _block_candidates(
@@ -211,25 +216,25 @@ def _block_candidates(
     # positions whose window fits inside the scene
     n_rows = max(0, min(core[0][i], scene_shape[0] - size - y0 + 1))
     n_cols = max(0, min(core[1][j], scene_shape[1] - size - x0 + 1))
-    if config.mode == "grid":
-        stride = config.grid_stride
-        rows = np.arange((-y0) % stride, n_rows, stride)
-        cols = np.arange((-x0) % stride, n_cols, stride)
-    else:
-        rows, cols = np.arange(n_rows), np.arange(n_cols)
+    # lattice of candidate top-left corners (local px): every position, or the global grid
+    stride = config.grid_stride if config.mode == "grid" else 1
+    rows = slice((-y0) % stride, max(n_rows, (-y0) % stride), stride)
+    cols = slice((-x0) % stride, max(n_cols, (-x0) % stride), stride)
     out = np.empty((1, 1), dtype=object)
     empty = {"counts": np.zeros(N_CLASSES, np.int64), "row": np.empty(0, np.int32),
              "col": np.empty(0, np.int32), "label": np.empty(0, np.uint8), "key": np.empty(0, np.uint64)}
-    if len(rows) == 0 or len(cols) == 0:
+    if rows.start >= rows.stop or cols.start >= cols.stop:
         out[0, 0] = empty
         return out
-    nodata = _window_sums(_integral(code == _NODATA_CODE), rows, cols, size)
-    labelled = _window_sums(_integral(code < N_CLASSES), rows, cols, size)
-    centre = code[np.ix_(rows + size // 2, cols + size // 2)]
-    eligible = (nodata <= config.max_nodata_px) & (labelled >= config.min_labelled_px) & (centre < N_CLASSES)
+    centre = code[size // 2:, size // 2:][rows, cols]
+    eligible = centre < N_CLASSES
+    eligible &= _window_sums(_integral(code == _NODATA_CODE), rows, cols, size) <= config.max_nodata_px
+    if config.min_labelled_px > 0:
+        eligible &= _window_sums(_integral(code < N_CLASSES), rows, cols, size) >= config.min_labelled_px
     r_idx, c_idx = np.nonzero(eligible)
-    g_rows, g_cols = (rows[r_idx] + y0).astype(np.int32), (cols[c_idx] + x0).astype(np.int32)
     labels = centre[r_idx, c_idx]
+    g_rows = (r_idx * stride + rows.start + y0).astype(np.int32)
+    g_cols = (c_idx * stride + cols.start + x0).astype(np.int32)
     counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES].astype(np.int64)
     if config.mode == "grid":
         out[0, 0] = dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
@@ -270,25 +275,19 @@ def simulate_tries(eligible: np.ndarray, quota: int, n_positions: int, max_tries
     return np.minimum(np.minimum(hits, quota), eligible), done
 
 
-def eligibility_code(scene: xr.DataArray, labels: xr.DataArray) -> da.Array:
-    """Lazy uint8 ``(y, x)``: the label where the scene has data, 254 where it has none."""
-    from polarxr.scenes import valid_mask
-
-    return da.where(valid_mask(scene).data, labels.data, _NODATA_CODE).astype(np.uint8)
-
-
-def sample_positions(scene: xr.DataArray, labels: xr.DataArray, config: SamplerConfig,
+def sample_positions(scene: xr.DataArray, raster: xr.DataArray, config: SamplerConfig,
                      scene_name: str) -> PatchPositions:
-    """Choose the patches of one scene from its chunk-aligned labels (computes on the active scheduler).
+    """Choose the patches of one scene from its chunk-aligned chart raster (computes on the active scheduler).
 
-    ``scene`` is ``DataArray(band, y, x)`` (dask), ``labels`` its ``DataArray(y, x)`` uint8 from
-    :func:`polarxr.labels.rasterize_chart`. Raises :class:`CubeError` when the patch does not fit the
+    ``scene`` is ``DataArray(band, y, x)`` (dask), ``raster`` its chart rasterized on the same grid and
+    chunks, ``DataArray(y, x)`` uint8 (:func:`polarxr.labels.rasterize_chart`; whether or not it is
+    already 255 where the scene has no data: the scene's nodata is applied here). Raises :class:`CubeError` when the patch does not fit the
     scene or its chunks, or when no position is eligible; warns (:class:`SamplingWarning`) when a class
     falls short of its quota.
     """
     where = scene.attrs.get("source", scene_name)
     config.validate(where)
-    code = eligibility_code(scene, labels)
+    code = masked_labels(scene.data, raster.data, scene.rio.nodata, fill=_NODATA_CODE)
     check_patch_fits(config, code.shape, code.chunks, where)
     depth = config.patch_size - 1
     core = tuple(_core_chunks(c, depth) for c in code.chunks)
@@ -298,10 +297,10 @@ def sample_positions(scene: xr.DataArray, labels: xr.DataArray, config: SamplerC
     origins = tuple(np.concatenate([[0], np.cumsum(c)[:-1]]) for c in core)
     salt = scene_salt(config.seed, scene_name)
     blocks = code.map_blocks(
-        _block_candidates, origins=origins, core=core, scene_shape=labels.shape, config=config, salt=salt,
+        _block_candidates, origins=origins, core=core, scene_shape=raster.shape, config=config, salt=salt,
         dtype=object, chunks=(1, 1), meta=np.empty((0, 0), dtype=object),
     ).compute()
-    return _select(blocks, config, labels.shape, core, salt, where, labels.attrs.get("chart"))
+    return _select(blocks, config, raster.shape, core, salt, where, raster.attrs.get("chart"))
 
 
 def _select(blocks: np.ndarray, config: SamplerConfig, shape: tuple[int, int], core, salt: int,

@@ -60,7 +60,7 @@ def _label_code(value, meta_path: Path, i: int) -> int:
         return CLASS_CODES[text]
     if text.isdigit() and int(text) < N_CLASSES:
         return int(text)
-    raise CubeError(meta_path, f"row {i}: unknown label {value!r}; expected L, W, I or 0, 1, 2")
+    raise CubeError(meta_path, f"row {i}: unknown label {str(value)!r}; expected L, W, I or 0, 1, 2")
 
 
 def read_seed_meta(meta_path: str | Path, allow_pickle: bool = False) -> SeedMeta:

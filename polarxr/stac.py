@@ -17,6 +17,7 @@ from pathlib import Path
 import pystac
 import rasterio
 import shapely
+from pyproj import CRS
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 
@@ -54,7 +55,8 @@ def scene_item(
         raise SceneError(scene_path, f"{err}; the acquisition time for the STAC Item comes from it") from None
     with rasterio.open(outputs["class_map"]) as src:
         bounds, crs, transform, shape = tuple(src.bounds), src.crs, src.transform, (src.height, src.width)
-    footprint = bounds_footprint(bounds, crs)
+    # 7 decimals of a degree: about 1 cm, plenty for a footprint and a compact JSON
+    footprint = shapely.set_precision(bounds_footprint(bounds, crs), 1e-7)
     item = pystac.Item(
         id=scene_id,
         geometry=shapely.geometry.mapping(footprint),
@@ -72,7 +74,7 @@ def scene_item(
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = crs.to_epsg()
     proj.code = f"EPSG:{epsg}" if epsg else None
-    proj.wkt2 = crs.to_wkt()
+    proj.wkt2 = CRS.from_user_input(crs).to_wkt()  # pyproj writes WKT2 (2019); rasterio's default is WKT1
     proj.shape = list(shape)
     proj.transform = list(transform)[:6]
     proj.bbox = list(bounds)

@@ -54,19 +54,20 @@ range to 47 deg at far range across the swath; slope ``b`` in dB/deg):
 ============  =======================================  ==================================  ==========
 class         HH mean (dB)                             HV mean (dB)                        b HH / HV
 ============  =======================================  ==================================  ==========
-sea           -27 + 17 log10(U/2) + streaks            -33 + 8 log10(U/2)                  -0.24/-0.08
-ice           -16.5 (first-year) .. -11.5 (old ice)    -25.5 .. -20                        -0.12/-0.05
-              + floe texture (+-2.5) + fine (+-1.3)    + 0.8 x the textures
+sea           -28 + 17 log10(U/2) + streaks (+-0.8)    -33 + 8 log10(U/2) + streaks (+-0.3) -0.24/-0.08
+ice           -15.5 (first-year) .. -11 (old ice)      -24 .. -19                          -0.12/-0.05
+              + floe texture (+-3) + fine (+-1.5)      + 0.8 x the textures
   leads/new   -> -23 (dark like calm water)            -> -31.5
 land          -8 + topography (+-5) + large (+-2)      -15 + 0.8 x the same                -0.06/-0.04
 iceberg       -3                                       -11                                 -0.05/0
 ============  =======================================  ==================================  ==========
 
-* Wind speed ``U`` (m/s): a scene mean (4-10) times a smooth field (+-35 %), plus wind-roughened patches
-  (+7 m/s) where sea reaches -13 to -11 dB in HH, as bright as ice; wind streaks are sinusoids across the
-  wind direction (+-0.8 dB).
-* Ice: the old-ice fraction varies on a 25 km scale; leads are the zero set of a ridged fBm; calm new-ice
-  patches (nilas) on a 10 km scale are as dark as water.
+* Wind speed ``U`` (m/s): a scene mean (3-9) times a smooth field (+-25 %, 15-36 km), plus wind-roughened
+  patches (+6 m/s, ~14 km) where sea reaches -16 to -12 dB in HH, as bright as ice; wind streaks are
+  sinusoids across the wind direction (1-3 km apart).
+* Ice: the old-ice fraction varies on a 25 km scale; floe texture on 1.6 km and 400 m scales, fine texture
+  on 100 m; leads are the zero set of a ridged fBm; calm new-ice patches (nilas) on a 10 km scale are as
+  dark as water.
 * Land: the brightness follows the terrain slope towards the radar (``tanh`` of the range derivative of an
   fBm height), as foreslopes look bright and backslopes dark.
 * Melt (summer, peak in July): wet snow lowers land by up to 6 dB and ice by 3 dB.
@@ -414,7 +415,8 @@ def _fjord(rng: np.random.Generator, start: np.ndarray, heading: float, length: 
     axis = start + np.cumsum(step * np.column_stack([np.cos(headings), np.sin(headings)]), axis=0)
     axis = np.vstack([start, axis])
     headings = np.concatenate([headings[:1], headings])
-    half = 0.5 * width * np.linspace(1.0, 0.3, n + 1) * (1 + 0.2 * np.convolve(rng.normal(size=n + 1), np.ones(3) / 3, "same"))
+    banks = np.convolve(rng.normal(size=n + 1), np.ones(3) / 3, "same")  # smoothly varying width
+    half = 0.5 * width * np.linspace(1.0, 0.3, n + 1) * (1 + 0.2 * banks)
     normal = np.column_stack([-np.sin(headings), np.cos(headings)])
     ring = np.vstack([axis + normal * half[:, None], (axis - normal * half[:, None])[::-1]])
     return _polygonal(shapely.Polygon(ring)), axis
@@ -424,7 +426,7 @@ def _coast(fp: _Footprint, rng: np.random.Generator) -> _Coast:
     """Fractal coastline with fjords and islands over the footprint (local frame, metres)."""
     side, reach = fp.side_m, fp.reach_m
     v = np.arange(-1.2 * reach, 1.2 * reach + 2 * PIXEL, 2 * PIXEL)
-    u = -fp.coast_offset + _fbm_1d(int(rng.integers(2**62)), v, 0.5 * side, 4 * PIXEL, 0.06 * side, 0.75)
+    u = -fp.coast_offset + _fbm_1d(int(rng.integers(2**62)), v, 0.5 * side, 4 * PIXEL, 0.08 * side, 0.75)
     land = _inland_of(u, v, 1.5 * reach)
 
     def coast_at(where: float) -> float:
@@ -432,11 +434,11 @@ def _coast(fp: _Footprint, rng: np.random.Generator) -> _Coast:
 
     fjords, axes = [], []
     width_scale = float(np.clip(0.012 * side / PIXEL, 6, 100)) * PIXEL
-    for _ in range(int(np.clip(round(side / 35_000 * rng.uniform(1.5, 3)), 1, 30))):
+    for _ in range(int(np.clip(round(side / 50_000 * rng.uniform(1, 2)), 1, 20))):
         where = rng.uniform(-0.45, 0.45) * side
         width = width_scale * rng.uniform(0.6, 1.6)
         start = np.array([coast_at(where) + 1.5 * width, where])
-        length = side * rng.uniform(0.15, 0.5)
+        length = side * rng.uniform(0.08, 0.35)
         step = max(width / 2, 2 * PIXEL)
         poly, axis = _fjord(rng, start, math.pi + rng.normal(0, 0.3), length, width, step)
         fjords.append(poly)
@@ -472,7 +474,7 @@ class _Ice:
 def _ice(fp: _Footprint, coast: _Coast, extent: float, rng: np.random.Generator) -> _Ice:
     """Pack ice up to a ragged edge set by ``extent`` in [0, 1], fast ice in fjords, floes and icebergs."""
     side, reach = fp.side_m, fp.reach_m
-    amplitude = 0.06 * side
+    amplitude = 0.1 * side
     # extent 1 puts the mean edge at the seaward side of the grid; the fBm adds tongues and bays
     ragged = _fbm_1d(int(rng.integers(2**62)), coast.v, 0.4 * side, 8 * PIXEL, amplitude, 0.6)
     edge = -fp.coast_offset + extent * (fp.coast_offset + 0.5 * side) + ragged
@@ -594,7 +596,7 @@ def _acquisition(seed: int, topo_key: int, start: datetime) -> _Acquisition:
     day = start.timetuple().tm_yday
     melt = float(np.clip(math.cos(2 * math.pi * (day - 200) / 365.25), 0, 1) ** 2)
     return _Acquisition(
-        seed=seed, looks=float(rng.uniform(3.5, 5.0)), wind_mean=float(rng.uniform(4, 10)),
+        seed=seed, looks=float(rng.uniform(3.5, 5.0)), wind_mean=float(rng.uniform(3, 9)),
         wind_dir=float(rng.uniform(0, math.pi)), melt=melt, keys=keys,
         scallop_period=rng.uniform(180, 260, 5), scallop_phase=rng.uniform(0, 2 * math.pi, 5),
     )
@@ -603,8 +605,8 @@ def _acquisition(seed: int, topo_key: int, start: datetime) -> _Acquisition:
 def _sea(acq: _Acquisition, rows, cols, dtheta) -> tuple[np.ndarray, np.ndarray]:
     """Sea mean dB (HH, HV) over the window: wind field, roughened patches, streaks."""
     k = acq.keys
-    wind = acq.wind_mean * (1 + 0.35 * _fbm(k["wind"], rows, cols, (900.0, 300.0), (1.0, 0.5)))
-    wind += 7 * _ramp((_value_noise(k["gust"], rows, cols, 350.0) - 0.3) / 0.3)
+    wind = acq.wind_mean * (1 + 0.25 * _fbm(k["wind"], rows, cols, (900.0, 370.0), (1.0, 0.5)))
+    wind += 6 * _ramp((_fbm(k["gust"], rows, cols, (350.0, 150.0, 65.0), (1.0, 0.5, 0.25)) - 0.2) / 0.2)
     # streaks: sinusoids across the wind, evaluated separably (sin(a + b) from 1-D terms)
     across = acq.wind_dir + math.pi / 2
     streaks = np.zeros_like(wind)
@@ -616,7 +618,7 @@ def _sea(acq: _Acquisition, rows, cols, dtheta) -> tuple[np.ndarray, np.ndarray]
         sy, cy = np.sin(ky * rows).astype(np.float32), np.cos(ky * rows).astype(np.float32)
         streaks += (cy[:, None] * sx[None, :] + sy[:, None] * cx[None, :]) / 3
     speed = np.log10(np.maximum(wind, 1.0) / 2)
-    hh = -27 + 17 * speed + 0.8 * streaks - 0.24 * dtheta
+    hh = -28 + 17 * speed + 0.8 * streaks - 0.24 * dtheta
     hv = -33 + 8 * speed + 0.3 * streaks - 0.08 * dtheta
     return hh, hv
 
@@ -624,13 +626,14 @@ def _sea(acq: _Acquisition, rows, cols, dtheta) -> tuple[np.ndarray, np.ndarray]
 def _ice_backscatter(acq: _Acquisition, rows, cols, dtheta) -> tuple[np.ndarray, np.ndarray]:
     """Ice mean dB: first-year/old-ice mix, floe and fine texture, dark leads and new-ice patches, melt."""
     k = acq.keys
-    old = _ramp((_value_noise(k["myi"], rows, cols, 600.0) + 0.2) / 0.8)
+    old = _ramp((_fbm(k["myi"], rows, cols, (600.0, 260.0), (1.0, 0.5)) + 0.15) / 0.6)
     floe = _fbm(k["floe"], rows, cols, (40.0, 10.0), (1.0, 0.5))
     fine = _value_noise(k["fine"], rows, cols, 2.5)
-    ridge = np.abs(_fbm(k["lead"], rows, cols, (150.0, 40.0), (1.0, 0.4)))
-    dark = np.maximum(_ramp((0.05 - ridge) / 0.03), _ramp((_value_noise(k["new"], rows, cols, 250.0) - 0.45) / 0.15))
-    hh = -16.5 + 5.0 * old + 2.5 * floe + 1.3 * fine - 0.12 * dtheta - 3 * acq.melt
-    hv = -25.5 + 5.5 * old + 2.0 * floe + 1.0 * fine - 0.05 * dtheta - 3 * acq.melt
+    ridge = np.abs(_fbm(k["lead"], rows, cols, (150.0, 67.0, 29.0), (1.0, 0.5, 0.25)))
+    new_ice = _fbm(k["new"], rows, cols, (250.0, 110.0, 47.0), (1.0, 0.5, 0.25))
+    dark = np.maximum(_ramp((0.04 - ridge) / 0.025), _ramp((new_ice - 0.3) / 0.1))
+    hh = -15.5 + 4.5 * old + 3.0 * floe + 1.5 * fine - 0.12 * dtheta - 3 * acq.melt
+    hv = -24.0 + 5.0 * old + 2.4 * floe + 1.2 * fine - 0.05 * dtheta - 3 * acq.melt
     hh += (-23 - 0.2 * dtheta - hh) * dark
     hv += (-31.5 - hv) * dark
     return hh, hv
@@ -645,7 +648,7 @@ def _land(acq: _Acquisition, swath: _Swath, rows, cols, dtheta) -> tuple[np.ndar
     d_col = height[:-1, 1:] - height[:-1, :-1]
     d_row = height[1:, :-1] - height[:-1, :-1]
     slope = d_col * swath.range_dir[0] + d_row * swath.range_dir[1]
-    relief = np.tanh(slope / np.float32(0.02)) * 5 + 2 * _value_noise(k["land_large"], rows, cols, 500.0)
+    relief = np.tanh(slope / np.float32(0.02)) * 5 + 2 * _fbm(k["land_large"], rows, cols, (500.0, 210.0), (1.0, 0.5))
     hh = -8 + relief - 0.06 * dtheta - 6 * acq.melt
     hv = -15 + 0.8 * relief - 0.04 * dtheta - 5 * acq.melt
     return hh, hv
@@ -726,10 +729,19 @@ def default_start(seed: int, month: int | None = None, year: int = 2018) -> date
     return datetime(year, month, int(rng.integers(5, 26)), 7, 0, 0) + timedelta(seconds=int(rng.integers(0, 5400)))
 
 
-def product_name(start: datetime, seed: int, product: str = "8bit") -> str:
-    """A Sentinel-1 EW GRDM product file name for ``start``: orbit and datatake follow the real missions' clocks."""
+def _mission(seed: int) -> str:
+    """Sentinel-1A or -1B, drawn from ``seed`` (both flew in 2018)."""
+    return "S1A" if np.random.default_rng(np.random.SeedSequence([seed, 10])).random() < 0.6 else "S1B"
+
+
+def product_name(start: datetime, seed: int, product: str = "8bit", mission: str | None = None) -> str:
+    """A Sentinel-1 EW GRDM product file name for ``start``: orbit and datatake follow the real missions' clocks.
+
+    ``mission`` (``S1A`` or ``S1B``) defaults to one drawn from ``seed``; product id and datatake offset
+    come from ``seed``.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 9]))
-    mission = "S1A" if rng.random() < 0.6 else "S1B"
+    mission = mission or _mission(seed)
     ref_time, ref_orbit, ref_datatake = _MISSION_REF[mission]
     orbits = round((start - ref_time).total_seconds() / _ORBIT_SECONDS)
     orbit = ref_orbit + orbits
@@ -792,6 +804,11 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
     return counts[[LAND, WATER, ICE]]
 
 
+def _valid_union(geometries) -> shapely.Geometry:
+    """Union of polygons, repairing any that GEOS finds invalid first (noise-made rings can self-touch)."""
+    return shapely.union_all(shapely.make_valid(np.asarray(geometries, dtype=object)))
+
+
 def _chart_frame(fp: _Footprint, coast: _Coast, ice: _Ice) -> gpd.GeoDataFrame:
     """The generalised chart: simplified polygons, small islands and floes dropped, no icebergs."""
     land_tolerance, ice_tolerance = 1.5 * PIXEL, 3 * PIXEL
@@ -801,13 +818,13 @@ def _chart_frame(fp: _Footprint, coast: _Coast, ice: _Ice) -> gpd.GeoDataFrame:
         parts = shapely.get_parts(_polygonal(shapely.intersection(fp.to_map(geometry), box)
                                              .simplify(tolerance, preserve_topology=True)))
         parts = [p for p in parts if p.area >= min_px * PIXEL * PIXEL]
-        return shapely.union_all(parts) if parts else shapely.Polygon()
+        return _valid_union(parts) if parts else shapely.Polygon()
 
     land = generalise(coast.land, land_tolerance, 30)
     pack = _polygonal(shapely.difference(generalise(ice.pack, ice_tolerance, 150), land))
     fast = _polygonal(shapely.difference(generalise(ice.fast, ice_tolerance, 150), shapely.union(land, pack)))
     big = [f for f in ice.floes if f.area >= 150 * PIXEL * PIXEL]
-    floes = _polygonal(shapely.difference(generalise(shapely.union_all(big), ice_tolerance, 150) if big else
+    floes = _polygonal(shapely.difference(generalise(_valid_union(big), ice_tolerance, 150) if big else
                                           shapely.Polygon(), shapely.union_all([land, pack, fast])))
     water = _polygonal(shapely.difference(box, shapely.union_all([land, pack, fast, floes])))
     rows, geoms = [], []
@@ -865,7 +882,8 @@ def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], s
                    bergs=_Layer([fp.to_map(g) for g in ice.bergs], 1))
     topo_key = int(np.random.SeedSequence([footprint_seed, 4]).generate_state(1, np.uint64)[0])
     acq = _acquisition(seed, topo_key, start)
-    scene_path = outdir / product_name(start, seed, product)
+    # one footprint is one relative orbit of one mission: a repeat-pass sequence keeps its mission
+    scene_path = outdir / product_name(start, seed, product, _mission(footprint_seed))
     chart_path = outdir / chart_name_for(start)
     tags = {"POLARXR_SYNTHETIC": "1", "SEED": str(seed), "FOOTPRINT_SEED": str(footprint_seed),
             "ICE_EXTENT": f"{ice_extent:.4f}", "LOOKS": f"{acq.looks:.3f}"}

@@ -336,6 +336,19 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(base: float, step: int, total: int, schedule: str = "cosine") -> float:
+    """Learning rate at global ``step`` (0-based) of ``total``: constant, or cosine decay to 1 % of ``base``.
+
+    A pure function of the step, so a resumed run follows the same schedule without scheduler state.
+    """
+    if schedule == "constant":
+        return base
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
+
+
 def _model_config(model: str, info: dict, model_options: dict | None) -> dict:
     config = {"name": model, "in_channels": len(info["band_names"]), "n_classes": N_CLASSES}
     if model == "patchcnn":
@@ -360,14 +373,16 @@ def train(
     progress: ProgressCallback | None = None,
     model_options: dict | None = None,
     weight_decay: float = 1e-4,
+    schedule: str = "cosine",
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
     ``out_dir`` is the run folder. Loss: cross entropy with inverse-frequency class weights from the cube's
     ``class_counts``, ignoring label 255 (dense labels for the U-Net, the centre label for the patch
     classifier). Augmentation: random flips/rot90. Mixed precision (bf16, else fp16) only on CUDA.
-    ``model_options`` are extra model arguments (``{"width": 16, "depth": 3}``). With ``resume`` and an
-    existing ``last.pt`` of the same model, training continues after its epoch. ``max_steps_per_epoch``
+    ``model_options`` are extra model arguments (``{"width": 16, "depth": 3, "pool": 4}``). AdamW with
+    ``lr`` decayed per step by ``schedule`` ("cosine" over all epochs, or "constant"). With ``resume`` and
+    an existing ``last.pt`` of the same model, training continues after its epoch. ``max_steps_per_epoch``
     caps the batches per epoch (quick runs).
     """
     if model not in MODELS:
@@ -375,6 +390,8 @@ def train(
     if epochs < 1 or batch_size < 1 or save_interval < 1 or not lr > 0:
         raise PolarxrError(None, f"epochs, batch size, save interval and lr must be positive "
                                  f"(got {epochs}, {batch_size}, {save_interval}, {lr})")
+    if schedule not in SCHEDULES:
+        raise PolarxrError(None, f"unknown learning-rate schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
     cube_path, run_dir = Path(cube_path), Path(out_dir)
     info = _cube_info(cube_path)
     train_set, val_set = _datasets(cube_path)
@@ -419,7 +436,7 @@ def train(
             "seed": seed, "run_number": run_number, "cube": str(cube_path),
             "class_weights": info["class_weights"].tolist(),
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
-                         "max_steps_per_epoch": max_steps_per_epoch}}
+                         "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -432,6 +449,9 @@ def train(
         net.train()
         loss_sum, n_seen = 0.0, 0
         for step, batch in enumerate(loader, start=1):
+            step_lr = learning_rate(lr, (epoch - 1) * steps + step - 1, epochs * steps, schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
             logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment)
             loss = weighted_cross_entropy(logits, target, weight)
             optimizer.zero_grad(set_to_none=True)
@@ -445,7 +465,7 @@ def train(
             if step >= steps:
                 break
         val = validate(net, val_loader, weight, dev, amp_dtype) if val_loader else None
-        record = _log_record(epoch, loss_sum / max(n_seen, 1), val, lr, time.perf_counter() - tic, step)
+        record = _log_record(epoch, loss_sum / max(n_seen, 1), val, step_lr, time.perf_counter() - tic, step)
         history.append(record)
         state = make_checkpoint(net, optimizer=optimizer, epoch=epoch, history=history, **meta)
         if epoch % save_interval == 0:

@@ -15,7 +15,7 @@ import pytest
 from cluster_fixtures import free_port
 from cryptography import x509
 
-from polarxr.cluster import default_n_workers, get_client, security_from_dir, visible_gpu_count, worker_device
+from polarxr.cluster import default_n_workers, get_client, security_from_dir, visible_gpu_count
 from polarxr.errors import ClusterError
 from polarxr.tls import make_certificates
 
@@ -50,7 +50,6 @@ def test_local_cluster_is_processes_sized_to_the_cores(reference):
         assert all(addr.startswith("tcp://127.0.0.1:") for addr in nthreads)  # local only
         assert _ran_on_workers(client)
         np.testing.assert_array_equal(client.compute(_computation()).result(), reference)
-        assert client.submit(worker_device).result() in ("cpu", "cuda")
     assert client.status == "closed"
     assert len(links) == 1 and links[0].startswith("http://127.0.0.1:")
 
@@ -173,3 +172,46 @@ def test_real_tls_scheduler_refuses_clients_without_its_certificates(real_tls_sc
     with pytest.raises(ClusterError, match="cannot connect.*certificate"):
         with get_client(scheduler=address, tls_dir=tmp_path / "other-ca", timeout=3):
             pass
+
+
+# --- the CLI side: cluster options, `polarxr cluster-info`, `polarxr tls-certs` ----------------------
+
+
+def test_cluster_info_command_lists_the_real_workers(real_scheduler):
+    from typer.testing import CliRunner
+
+    from polarxr.cli.main import app
+
+    result = CliRunner().invoke(app, ["cluster-info", "--scheduler", real_scheduler], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Dask dashboard: http://127.0.0.1:" in result.output
+    rows = [line for line in result.output.splitlines() if "tcp://127.0.0.1:" in line and "│" in line]
+    assert len(rows) == 2 and all("cpu" in row for row in rows)
+    assert {row.split("│")[2].strip() for row in rows} == {"w0", "w1"}
+
+
+def test_cli_reports_a_cluster_error_in_one_line(monkeypatch, capsys):
+    from polarxr.cli.main import main
+
+    address = f"tls://127.0.0.1:{free_port()}"
+    monkeypatch.setattr("sys.argv", ["polarxr", "cluster-info", "--scheduler", address])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines to the terminal width
+    assert err.startswith(f"error: {address}: the scheduler address is tls:// but no TLS configuration")
+    assert "--tls-dir" in err and "Traceback" not in err
+
+
+def test_tls_certs_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from polarxr.cli.main import app
+
+    result = CliRunner().invoke(app, ["tls-certs", str(tmp_path / "tls"), "--host", "scheduler", "--days", "30"])
+    assert result.exit_code == 0, result.output
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "cert.pem").read_bytes())
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["scheduler"]
+    assert 29 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 31
+    assert security_from_dir(tmp_path / "tls").require_encryption

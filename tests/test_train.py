@@ -15,10 +15,10 @@ from cube_files import write_tiny_cube
 
 from polarxr.errors import CubeError, ModelError, PolarxrError
 from polarxr.models import build_model
-from polarxr.train import augment_batch, load_checkpoint, make_checkpoint, save_checkpoint, train
+from polarxr.train import augment_batch, learning_rate, load_checkpoint, make_checkpoint, save_checkpoint, train
 
 torch.set_num_threads(1)
-UNET = {"width": 8, "depth": 2}
+UNET = {"width": 8, "depth": 2, "pool": 1}
 FAST = dict(batch_size=8, lr=3e-3, device="cpu", model_options=UNET)
 
 
@@ -28,21 +28,22 @@ def _weights(path) -> dict:
 
 def test_unet_training_lowers_loss_and_writes_run(tiny_cube, tmp_path):
     events = []
-    result = train(tiny_cube, tmp_path / "run", epochs=3, progress=lambda e, i: events.append(e), **FAST)
+    result = train(tiny_cube, tmp_path / "run", epochs=4, progress=lambda e, i: events.append(e), save_interval=2,
+                   **FAST)
     losses = [r["train_loss"] for r in result.history]
-    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     assert losses[-1] < 0.85 * losses[0]
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     assert result.history[-1]["val_mean_iou"] > 0.6  # held-out scene, pixel-wise
     root = zarr.open_group(tiny_cube, mode="r")
     assert result.history[-1]["val_scored"] == int((root["label"][:][root["split"][:] == 1] != 255).sum())
-    assert events[0] == "start" and events.count("epoch") == 3 and "step" in events
+    assert events[0] == "start" and events.count("epoch") == 4 and "step" in events
+    assert result.history[-1]["lr"] < result.history[0]["lr"] < FAST["lr"]  # cosine decay per step
     run = tmp_path / "run"
-    assert {p.name for p in run.glob("*.pt")} == {"checkpoint_epoch1.pt", "checkpoint_epoch2.pt",
-                                                  "checkpoint_epoch3.pt", "last.pt", "best.pt"}
+    assert {p.name for p in run.glob("*.pt")} == {"checkpoint_epoch2.pt", "checkpoint_epoch4.pt", "last.pt", "best.pt"}
     with open(run / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and float(rows[-1]["train_loss"]) == pytest.approx(losses[-1])
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and float(rows[-1]["train_loss"]) == pytest.approx(losses[-1])
     assert json.loads((run / "log.json").read_text())[-1]["val_mean_iou"] == pytest.approx(
         result.history[-1]["val_mean_iou"])
     assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,18 +80,37 @@ def test_make_checkpoint_round_trip_identical_logits(tmp_path):
     assert meta["epoch"] == 7 and meta["norm"]["std"] == [0.05, 0.01]
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _crash_after_epoch_1(event: str, info: dict) -> None:
+    if event == "epoch" and info["epoch"] == 1:  # last.pt of epoch 1 is written before this event
+        raise _Interrupted
+
+
 def test_resume_continues_from_saved_epoch_as_if_uninterrupted(tiny_cube, tmp_path):
     straight = train(tiny_cube, tmp_path / "straight", epochs=2, max_steps_per_epoch=3, **FAST)
-    first = train(tiny_cube, tmp_path / "resumed", epochs=1, max_steps_per_epoch=3, **FAST)
-    assert first.history[-1]["epoch"] == 1
+    with pytest.raises(_Interrupted):
+        train(tiny_cube, tmp_path / "resumed", epochs=2, max_steps_per_epoch=3, progress=_crash_after_epoch_1, **FAST)
+    interrupted = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert interrupted["epoch"] == 1
     second = train(tiny_cube, tmp_path / "resumed", epochs=2, max_steps_per_epoch=3, **FAST)
     assert second.start_epoch == 1 and [r["epoch"] for r in second.history] == [1, 2]
-    assert second.history[0] == first.history[0]  # epoch 1 was not trained again
+    assert second.history[0] == interrupted["history"][0]  # epoch 1 was not trained again
+    assert second.history[1]["train_loss"] == straight.history[1]["train_loss"]
     resumed, uninterrupted = _weights(second.last_checkpoint), _weights(straight.last_checkpoint)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     # a finished run resumed with the same epoch count trains nothing
     again = train(tiny_cube, tmp_path / "resumed", epochs=2, max_steps_per_epoch=3, **FAST)
     assert again.start_epoch == 2 and len(again.history) == 2
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(1e-3, 50, 100) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert learning_rate(1e-3, 100, 100) == pytest.approx(1e-5)
+    assert learning_rate(1e-3, 70, 100, "constant") == 1e-3
 
 
 def test_same_seed_same_weights_other_seed_differs(tiny_cube, tmp_path):

@@ -1,8 +1,10 @@
 """A small fully convolutional U-Net: per-pixel class logits from the scene bands, tileable without seams.
 
 The network is built only from stride-1 zero-padded ("same") 3x3 convolutions, 2x2 max-pooling and 2x2
-stride-2 transposed convolutions, so it is translation-equivariant for shifts that are multiples of its
-downsampling factor :attr:`UNet.pad_multiple` (``2 ** depth``). With BatchNorm in eval mode (a per-pixel
+stride-2 transposed convolutions, optionally between an input average-pooling by ``pool`` (multi-looking:
+it averages speckle and widens the context ``pool`` times for ``1 / pool**2`` of the compute) and a
+bilinear upsampling of the logits back to full resolution. So it is translation-equivariant for shifts
+that are multiples of its downsampling factor :attr:`UNet.pad_multiple` (``pool * 2 ** depth``). With BatchNorm in eval mode (a per-pixel
 affine map) the value at an output pixel depends only on the input within :meth:`UNet.receptive_radius`
 pixels of it. Hence a block cropped from a larger array, extended by :attr:`UNet.halo` pixels on each
 side (clipped at the array's edges) and starting at a multiple of ``pad_multiple`` gives, over the
@@ -44,22 +46,24 @@ class UNet(nn.Module):
 
     ``H`` and ``W`` must be multiples of :attr:`pad_multiple`; :meth:`forward_padded` accepts any size.
     Channel widths are ``width * 2**level`` for ``level`` in ``0..depth`` (the bottleneck is ``depth``).
+    ``pool`` > 1 runs the U-Net on the input average-pooled by ``pool`` and upsamples the logits bilinearly.
     """
 
     #: per-pixel output (a segmenter), as opposed to one class per patch
     dense = True
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 3, width: int = 16, depth: int = 3):
+    def __init__(self, in_channels: int = 3, n_classes: int = 3, width: int = 16, depth: int = 3, pool: int = 1):
         super().__init__()
-        if in_channels < 1 or n_classes < 2 or width < 1 or depth < 1:
+        if in_channels < 1 or n_classes < 2 or width < 1 or depth < 1 or pool < 1:
             raise ValueError(f"bad U-Net size: in_channels={in_channels}, n_classes={n_classes}, "
-                             f"width={width}, depth={depth}")
+                             f"width={width}, depth={depth}, pool={pool}")
         self.in_channels, self.n_classes, self.width, self.depth = in_channels, n_classes, width, depth
+        self.pool = pool
         widths = [width * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList(
             _double_conv(in_channels if level == 0 else widths[level - 1], widths[level]) for level in range(depth)
         )
-        self.pool = nn.MaxPool2d(2)
+        self.down = nn.MaxPool2d(2)
         self.bottleneck = _double_conv(widths[depth - 1], widths[depth])
         levels = range(depth - 1, -1, -1)
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[lv + 1], widths[lv], 2, stride=2) for lv in levels)
@@ -70,12 +74,12 @@ class UNet(nn.Module):
     def config(self) -> dict:
         """The :func:`polarxr.models.build_model` config that rebuilds this architecture."""
         return {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
-                "width": self.width, "depth": self.depth}
+                "width": self.width, "depth": self.depth, "pool": self.pool}
 
     @property
     def pad_multiple(self) -> int:
         """Input height/width, and block offsets relative to the whole array, must be multiples of this (px)."""
-        return 2**self.depth
+        return self.pool * 2**self.depth
 
     def receptive_radius(self) -> int:
         """Radius (px, Chebyshev) of the input window that can influence one output pixel.
@@ -84,9 +88,12 @@ class UNet(nn.Module):
         px) grows the radius by ``s * (k - 1) // 2``; a 2x2 max-pool on aligned windows adds nothing (the
         coarse pixel's footprint is the union of its children's); a 2x2 upsampling adds the fine scale,
         because a fine pixel may sit in either half of its coarse parent's footprint; a skip concatenation
-        takes the larger radius of its two inputs. For ``depth`` 3 this gives 51 px (``7 * 2**depth - 5``).
+        takes the larger radius of its two inputs. The input average-pooling (aligned windows) adds nothing;
+        the final bilinear upsampling by ``s = pool`` reads the coarse pixel beside the fine pixel's own,
+        which adds ``s + (s - 1) // 2``. With ``pool`` 1 and ``depth`` 3 this gives 51 px
+        (``7 * 2**depth - 5``); in general ``pool * (7 * 2**depth - 5) + pool + (pool - 1) // 2``.
         """
-        radius, scale, skips = 0, 1, []
+        radius, scale, skips = 0, self.pool, []
         for encoder in self.encoders:
             radius += _conv_radius(encoder, scale)
             skips.append(radius)
@@ -96,7 +103,10 @@ class UNet(nn.Module):
             scale //= 2
             radius = max(radius + scale, skips.pop())
             radius += _conv_radius(decoder, scale)
-        return radius + _conv_radius(self.head, 1)
+        radius += _conv_radius(self.head, scale)
+        if self.pool > 1:
+            radius += self.pool + (self.pool - 1) // 2
+        return radius
 
     @property
     def halo(self) -> int:
@@ -116,15 +126,20 @@ class UNet(nn.Module):
         if height % self.pad_multiple or width % self.pad_multiple:
             raise ValueError(f"U-Net input of {height} x {width} px: height and width must be multiples of "
                              f"{self.pad_multiple}; use forward_padded for other sizes")
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
-            x = self.pool(x)
+            x = self.down(x)
         x = self.bottleneck(x)
         for up, decoder in zip(self.ups, self.decoders):
             x = decoder(torch.cat([skips.pop(), up(x)], dim=1))
-        return self.head(x)
+        logits = self.head(x)
+        if self.pool > 1:
+            logits = F.interpolate(logits, scale_factor=self.pool, mode="bilinear", align_corners=False)
+        return logits
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for input of any height/width: zero-padded at the bottom/right to :attr:`pad_multiple`.

@@ -1,0 +1,154 @@
+"""Patch extraction throughput: the Zarr training cube build versus the seed's PNG-per-patch loop.
+
+    python benchmarks/cube_bench.py                        # 4096 x 4096 scene, 64 px patches, 1 and 2 workers
+    python benchmarks/cube_bench.py --size 2048 --samples-per-label 100 --workers 1,2,4
+
+Both methods work on the same synthetic scene and chart, with the same patch size and sampler:
+
+- **seed** (ysbecca/extremeearth-polar, ``sub_image_sample_random.py`` / ``sub_image_sample.py``): read the
+  whole scene into memory, then per position label the patch centre by ``polygon.contains(Point)`` over the
+  chart's polygons in a Python loop, cut the patch and write it as a PNG (PIL here; the seed uses cv2),
+  and save the ``[idx, x, y, label]`` rows to ``meta.npy``. Random mode draws positions until every
+  class has its quota; grid mode visits every ``K`` px. (Patches are cut at the labelled position; the
+  seed's own code transposes them, which costs the same.)
+- **polarxr**: :func:`polarxr.cube.build_cube` into a fresh cube on a ``distributed`` LocalCluster of
+  N single-threaded worker processes: rasterizing the chart, choosing the positions and cutting and
+  writing the patches, chunk by chunk. Cluster start-up is not timed.
+
+Prints patches per second per method, the ratio to the seed, and the scaling from 1 to N workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+
+def seed_sampler(scene_path: Path, chart_path: Path, out_dir: Path, size: int, mode: str, quota: int,
+                 max_tries: int, rng_seed: int = 0) -> int:
+    """The seed's sampling loop; returns the number of patches written."""
+    import rasterio
+    from PIL import Image
+    from shapely.geometry import Point
+
+    from polarxr.labels import read_chart
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart = read_chart(chart_path)
+    polygons = list(zip(chart.geometry, chart["poly_type"]))
+
+    def get_label(x: float, y: float) -> str | None:
+        point = Point(x, y)
+        for polygon, letter in polygons:
+            if polygon.contains(point):
+                return letter
+        return None
+
+    with rasterio.open(scene_path) as src:
+        pixels = np.moveaxis(src.read(), 0, -1)  # the whole scene in memory, (rows, cols, bands)
+        transform, height, width = src.transform, src.height, src.width
+    meta = []
+
+    def keep(row: int, col: int, letter: str) -> None:
+        patch = pixels[row:row + size, col:col + size]
+        Image.fromarray(patch).save(out_dir / f"{len(meta)}.png")
+        meta.append([len(meta), col, row, letter])
+
+    if mode == "random":
+        rng = np.random.default_rng(rng_seed)
+        counts = {"L": 0, "W": 0, "I": 0}
+        tries = 0
+        while min(counts.values()) < quota and tries < max_tries:
+            tries += 1
+            col, row = int(rng.integers(0, width)), int(rng.integers(0, height))
+            letter = get_label(*(transform * (col + size // 2, row + size // 2)))
+            if letter and counts[letter] < quota and row + size <= height and col + size <= width:
+                keep(row, col, letter)
+                counts[letter] += 1
+    else:
+        for col in range(0, width - size + 1, size):
+            for row in range(0, height - size + 1, size):
+                letter = get_label(*(transform * (col + size // 2, row + size // 2)))
+                if letter:
+                    keep(row, col, letter)
+    np.save(out_dir / "meta.npy", np.array(meta))
+    return len(meta)
+
+
+def cube_build(scene_path: Path, chart_path: Path, cube: Path, size: int, mode: str, quota: int, chunk: int) -> int:
+    """polarxr's cube build on the active client; returns the number of patches written."""
+    from polarxr.cube import build_cube
+    from polarxr.samplers import SamplerConfig
+
+    # the seed has no nodata rule: allow any nodata so that both draw from the same positions
+    config = SamplerConfig(mode=mode, patch_size=size, samples_per_label=quota, max_nodata=1.0)
+    [result] = build_cube([(scene_path, chart_path)], cube, config, chunks=chunk)
+    return result.patches
+
+
+def timed(func, *args) -> tuple[int, float]:
+    started = time.perf_counter()
+    n = func(*args)
+    return n, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=4096, help="edge (px) of the synthetic scene")
+    parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument("--samples-per-label", type=int, default=200, help="random mode quota per class")
+    parser.add_argument("--max-tries", type=int, default=200_000, help="the seed's random-mode timeout")
+    parser.add_argument("--chunk", type=int, default=1024, help="chunk edge (px) of the cube build")
+    parser.add_argument("--workers", default="1,2", help="worker counts of the LocalCluster runs")
+    parser.add_argument("--modes", default="random,grid")
+    parser.add_argument("--scene-seed", type=int, default=5, help="seed of the synthetic scene")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from polarxr.cluster import get_client
+    from polarxr.synthetic import make_scene
+
+    console = Console()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="polarxr-cube-bench-"))
+    started = time.perf_counter()
+    made = make_scene(workdir / "scene", seed=args.scene_seed, size=(args.size, args.size))
+    console.print(f"synthetic {args.size} x {args.size} scene written in {time.perf_counter() - started:.1f} s")
+    modes = args.modes.split(",")
+    workers = [int(w) for w in args.workers.split(",")]
+    rows: dict[str, list] = {mode: [] for mode in modes}
+    for mode in modes:
+        n, seconds = timed(seed_sampler, made.scene, made.chart, workdir / f"seed-{mode}", args.patch_size, mode,
+                           args.samples_per_label, args.max_tries)
+        rows[mode].append(("seed: PNG per patch, point-in-polygon", "1 process", n, seconds))
+    for n_workers in workers:
+        with get_client(n_workers=n_workers, threads_per_worker=1):
+            for mode in modes:
+                cube = workdir / f"cube-{mode}-{n_workers}.zarr"
+                n, seconds = timed(cube_build, made.scene, made.chart, cube, args.patch_size, mode,
+                                   args.samples_per_label, args.chunk)
+                rows[mode].append(("polarxr: Zarr cube, map_blocks", f"{n_workers} worker(s)", n, seconds))
+    for mode in modes:
+        table = Table(title=f"{mode} sampler, {args.patch_size} px patches, {args.size} x {args.size} scene"
+                            + (f", quota {args.samples_per_label} per class" if mode == "random" else ""))
+        for column in ("method", "compute", "patches", "seconds", "patches / s", "vs seed", "vs 1 worker"):
+            table.add_column(column, justify="left" if column in ("method", "compute") else "right")
+        seed_rate = rows[mode][0][2] / rows[mode][0][3]
+        one_worker = next((r[2] / r[3] for r in rows[mode][1:] if r[1].startswith("1 ")), None)
+        for method, compute, n, seconds in rows[mode]:
+            rate = n / seconds
+            scaling = f"{rate / one_worker:.2f}x" if one_worker and method.startswith("polarxr") else ""
+            table.add_row(method, compute, str(n), f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / seed_rate:.1f}x", scaling)
+        console.print(table)
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
