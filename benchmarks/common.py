@@ -55,3 +55,14 @@ def reset_worker_peaks(client) -> bool:
     """Start a new peak-memory window on every worker; False where the OS does not allow it (peaks then
     count from the worker's start)."""
     return all(client.run(_reset_peak).values())
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def worker_cpu_seconds(client) -> float:
+    """CPU seconds (user + system) used so far by all worker processes together; differences of two calls
+    give the CPU a run used, which with the wall time shows whether workers were busy, idle or starved."""
+    return sum(client.run(_cpu_seconds).values())

@@ -18,7 +18,10 @@ Each stage runs exactly as the product runs it under a ``distributed`` client:
   graph; Mpx/s. The model is the demo's U-Net (width 16, depth 3) with random weights unless ``--checkpoint``.
 
 Per run: seconds, throughput, throughput per worker, speedup and efficiency against the smallest cluster
-(``throughput / (N / N0 x throughput at N0)``, 100 % = ideal), and the peak resident memory of each worker
+(``throughput / (N / N0 x throughput at N0)``, 100 % = ideal); *workers busy*, the workers' CPU time over
+``N x`` wall time (below 100 %: workers idle for lack of parallel tasks or waiting on the client, or
+sharing their cores with other processes); *per CPU second*, the work per second of worker CPU (the rate of
+one worker that has a core to itself, robust to a loaded host); and the peak resident memory of each worker
 during that run (Linux; the peak is reset before every run). Scene synthesis (on the cluster), cluster
 start-up and loading the model on every worker are not timed. A cluster started here is resized with
 ``cluster.scale``; with ``--scheduler`` the cluster is measured as it is (its worker count, one row per
@@ -48,7 +51,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common import FULL_SIZE, random_checkpoint, reset_worker_peaks, worker_peak_mib
+from common import FULL_SIZE, random_checkpoint, reset_worker_peaks, worker_cpu_seconds, worker_peak_mib
 
 DEFAULT_SIZE = (4096, 4096)
 
@@ -86,11 +89,17 @@ class Run:
     scenes: int
     work: float
     seconds: float
+    cpu_seconds: float  # of all workers together
     peaks_mib: list[float]
 
     @property
     def throughput(self) -> float:
         return self.work / self.seconds
+
+    @property
+    def busy(self) -> float:
+        """Fraction of the workers' wall time spent computing (1 = every worker busy all the time)."""
+        return self.cpu_seconds / (self.workers * self.seconds)
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -151,7 +160,7 @@ def synthesize(client, outdir: Path, n: int, size: tuple[int, int], seed: int = 
     return [Scene(Path(s), Path(c)) for s, c in client.gather(futures)]
 
 
-def _warm_up(checkpoint: str) -> str:
+def _prepare_worker(checkpoint: str) -> str:
     """Task-side imports and the model in the worker's cache, so runs time work rather than start-up."""
     import polarxr.cube  # noqa: F401
     import polarxr.io  # noqa: F401
@@ -181,23 +190,35 @@ def measure(client, stage: Stage, mode: str, scenes: list[Scene], workdir: Path,
         out = workdir / "runs" / f"{stage.name.replace(' ', '-')}-{n}w-{len(scenes)}s-{attempt}"
         out.mkdir(parents=True)
         reset_worker_peaks(client)
+        cpu = worker_cpu_seconds(client)
         started = time.perf_counter()
         work = stage.run(scenes, out, settings, client)
         seconds = time.perf_counter() - started
-        run = Run(stage.name, mode, n, len(scenes), work, seconds, worker_peak_mib(client))
+        cpu = worker_cpu_seconds(client) - cpu
+        run = Run(stage.name, mode, n, len(scenes), work, seconds, cpu, worker_peak_mib(client))
         shutil.rmtree(out)  # outputs are not kept: full-size runs would fill the disk
         best = run if best is None or run.seconds < best.seconds else best
     return best
 
 
-def run_counts(client, counts: list[int], scenes: list[Scene], per_worker: int, workdir: Path, settings: Settings,
-               repeat: int, say: Callable[[str], None], scale: bool) -> list[Run]:
+def warm_up(client, tiny: list[Scene], workdir: Path, settings: Settings) -> None:
+    """Every stage once on a tiny scene, untimed, and the model loaded on every worker: the timed runs then
+    measure work, not first-use costs (imports, GDAL drivers, model loading) on the client or a new worker."""
+    client.run(_prepare_worker, str(settings.checkpoint))
+    for stage in STAGES:
+        out = Path(tempfile.mkdtemp(prefix="warm-up-", dir=workdir))
+        stage.run(tiny, out, settings, client)
+        shutil.rmtree(out)
+
+
+def run_counts(client, counts: list[int], scenes: list[Scene], tiny: list[Scene], per_worker: int, workdir: Path,
+               settings: Settings, repeat: int, say: Callable[[str], None], scale: bool) -> list[Run]:
     """Strong and weak runs of every stage at each worker count (ascending)."""
     runs = []
     for n in counts:
         if scale:
             resize(client, n)
-        client.run(_warm_up, str(settings.checkpoint))
+        warm_up(client, tiny, workdir, settings)
         for stage in STAGES:
             strong = measure(client, stage, "strong", scenes[:1], workdir, settings, repeat)
             say(f"{stage.name:>10}, {n} worker(s), strong: {strong.seconds:6.1f} s")
@@ -214,7 +235,7 @@ def run_counts(client, counts: list[int], scenes: list[Scene], per_worker: int, 
 def table(runs: list[Run], mode: str, title: str) -> Table:
     out = Table(title=title)
     for column in ("stage", "workers", "scenes", "work", "seconds", "throughput", "per worker", "speedup",
-                   "efficiency", "peak RSS per worker: max", "mean"):
+                   "efficiency", "workers busy", "per CPU second", "peak RSS/worker: max", "mean"):
         out.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for k, stage in enumerate(STAGES):
         rows = sorted((r for r in runs if r.stage == stage.name and r.mode == mode), key=lambda r: r.workers)
@@ -231,6 +252,7 @@ def table(runs: list[Run], mode: str, title: str) -> Table:
                         f"{r.throughput:,.2f} {unit}", f"{r.throughput / r.workers:,.2f}",
                         "-" if single else f"{r.throughput / base.throughput:.2f}x",
                         "-" if single else f"{r.throughput / expected:.0%}",
+                        f"{r.busy:.0%}", f"{r.work / r.cpu_seconds:,.2f}",
                         f"{max(r.peaks_mib):,.0f} MiB", f"{np.mean(r.peaks_mib):,.0f} MiB")
     return out
 
@@ -315,7 +337,7 @@ def main() -> None:
 
     from polarxr.cluster import get_client
 
-    console = Console(record=True, width=max(150, shutil.get_terminal_size().columns))
+    console = Console(record=True, width=max(180, shutil.get_terminal_size().columns))
     tag = args.tag or ("cluster" if args.scheduler else {"local": "cpu", "cuda": "cuda"}[args.cluster])
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="polarxr-scaling-")) if temporary else args.workdir
@@ -344,7 +366,8 @@ def main() -> None:
             checkpoint = args.checkpoint or random_checkpoint(workdir / "unet.pt", bands)
             settings = Settings(args.chunk, args.patch_size, args.samples_per_label, checkpoint, args.tile, args.batch_size)
             environment = describe(client, where)
-            runs = run_counts(client, counts, scenes, args.scenes_per_worker, workdir, settings, args.repeat,
+            tiny = synthesize(client, workdir / "warm-up", 1, (512, 512), seed=1000)
+            runs = run_counts(client, counts, scenes, tiny, args.scenes_per_worker, workdir, settings, args.repeat,
                               say=lambda line: console.print(f"[dim]{line}[/]", highlight=False),
                               scale=not args.scheduler)
     finally:
