@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +25,22 @@ ENV = dict(os.environ, COLUMNS="1000")
 CUBE_ARRAYS = ("image", "label", "row", "col", "patch_label")
 
 
-def polarxr(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(POLARXR), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=180)
+def start(*args: str | Path) -> subprocess.Popen:
+    """``polarxr ARGS`` started in the background."""
+    return subprocess.Popen([str(POLARXR), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+
+
+def finish(proc: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+    """Wait for a command; with ``check``, fail the test with its output unless it succeeded."""
+    stdout, stderr = proc.communicate(timeout=180)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert not check or result.returncode == 0, f"{shlex.join(proc.args)}\n{stdout}\n{stderr}"
+    return result
 
 
 def ok(*args: str | Path) -> subprocess.CompletedProcess:
-    result = polarxr(*args)
-    assert result.returncode == 0, f"polarxr {' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}"
-    return result
+    return finish(start(*args))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +65,9 @@ def sample_args(inputs, out: Path) -> list:
 def local(inputs, tmp_path_factory):
     """The outputs of both commands on the default cluster (a LocalCluster started by the command)."""
     out = tmp_path_factory.mktemp("local")
-    ok(*predict_args(inputs, out))
-    ok(*sample_args(inputs, out))
+    # side by side: each mostly waits for its own cluster to start, and the CI box has 2 cores
+    for proc in [start(*predict_args(inputs, out)), start(*sample_args(inputs, out))]:
+        finish(proc)
     return out
 
 
@@ -107,7 +117,7 @@ def test_sample_on_a_real_cluster_equals_the_local_cluster(inputs, local, remote
 
 def test_unreachable_scheduler_is_one_line_and_exit_code_2(inputs, tmp_path):
     address = "tcp://127.0.0.1:1"  # nothing listens on port 1
-    result = polarxr(*predict_args(inputs, tmp_path), "--scheduler", address)
+    result = finish(start(*predict_args(inputs, tmp_path), "--scheduler", address), check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {address}: cannot connect to the Dask scheduler"), result.stderr
