@@ -32,13 +32,25 @@ def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int 
     return save_checkpoint(path, make_checkpoint(net.eval(), band_names=bands, norm=norm, patch_size=128))
 
 
-def _peak_mib() -> float:
+def peak_mib() -> float:
+    """Peak resident memory (MiB) of this process.
+
+    Linux's VmHWM, which starts afresh at ``exec``; ``ru_maxrss`` would carry over the parent's peak into a
+    forked child (a benchmark's child process, a Dask worker), overstating small processes.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker_peak_mib(client) -> list[float]:
     """Peak resident memory (MiB) of every worker process since it started or since :func:`reset_worker_peaks`."""
-    return sorted(client.run(_peak_mib).values())
+    return sorted(client.run(peak_mib).values())
 
 
 def _reset_peak() -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from common import FULL_SIZE
+from common import FULL_SIZE, peak_mib
 
 
 def seed_labels(chart, transform, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -82,14 +81,14 @@ def child_full_size(scene_path: str, chart_path: str, out: str, chunk: int) -> N
 
     started = time.perf_counter()
     scene, labels = labels_for_scene(scene_path, chart_path, chunks=chunk)
-    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries, graph, chart
+    baseline_mib = peak_mib()  # libraries, graph, chart
     with dask.config.set(scheduler="threads", num_workers=2):
         write_cog(labels, out, nodata=255)
     seconds = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mib()
     scene_mib = scene.size * scene.dtype.itemsize / 2**20
     chunk_mib = scene.sizes["band"] * chunk * chunk * scene.dtype.itemsize / 2**20
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "baseline_mib": baseline_mib, "scene_mib": scene_mib, "chunk_mib": chunk_mib,
+    print(json.dumps({"seconds": seconds, "peak_mib": peak, "baseline_mib": baseline_mib, "scene_mib": scene_mib, "chunk_mib": chunk_mib,
                       "pixels": int(labels.size)}))
 
 
