@@ -21,13 +21,13 @@ import shapely
 import xarray as xr
 from affine import Affine
 from pyproj import CRS
-from pyproj.exceptions import CRSError, ProjError
 from rasterio import features
 from rasterio.errors import NotGeoreferencedWarning
 
 from polarxr.classes import CLASS_CODES, ICE, LAND, NO_LABEL, WATER
 from polarxr.errors import ChartError
 from polarxr.scenes import open_scene, valid_mask
+from polarxr.vectors import polygonal, read_vector_file, to_crs
 
 # rasterio's in-memory scratch dataset warns about its own missing geotransform from every rasterize
 # call; a filter set once here is thread-safe, unlike catch_warnings inside dask tasks.
@@ -48,12 +48,7 @@ def read_chart(path: str | Path, crs: CRS | str | None = None) -> gpd.GeoDataFra
     a chart without polygons or without a CRS, or a CRS that cannot be transformed to ``crs``.
     """
     path = Path(path)
-    if not path.exists():
-        raise ChartError(path, "file does not exist")
-    try:
-        chart = gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types for corrupt files
-        raise ChartError(path, f"not a readable vector file ({err})") from None
+    chart = read_vector_file(path, ChartError)
     if "poly_type" not in chart.columns:
         raise ChartError(path, f"has no 'poly_type' column (columns: {', '.join(map(str, chart.columns))})")
     chart = chart[chart.geometry.notna() & ~chart.geometry.is_empty].copy()
@@ -80,30 +75,13 @@ def _repair(geometry: gpd.GeoSeries) -> gpd.GeoSeries:
     if not invalid.any():
         return geometry
     repaired = geometry.copy()
-    fixed = shapely.make_valid(geometry[invalid].values)
-    polygonal = [
-        shapely.union_all([g for g in shapely.get_parts(f) if g.geom_type in {"Polygon", "MultiPolygon"}])
-        for f in fixed
-    ]
-    repaired[invalid] = polygonal
+    repaired[invalid] = polygonal(geometry[invalid].values)
     return repaired
 
 
 def reproject_chart(chart: gpd.GeoDataFrame, crs: CRS | str, path: str | Path | None = None) -> gpd.GeoDataFrame:
     """Reproject a chart to ``crs``; :class:`ChartError` when no transformation exists."""
-    try:
-        target = CRS.from_user_input(crs)
-        if CRS.from_user_input(chart.crs) == target:
-            return chart
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = chart.to_crs(target)
-    except (CRSError, ProjError, ValueError) as err:
-        raise ChartError(path or chart.attrs.get("source"), f"cannot transform CRS {chart.crs} to {crs}: {err}") from None
-    finite = np.isfinite(out.total_bounds).all()
-    if not finite:
-        raise ChartError(path or chart.attrs.get("source"), f"cannot transform CRS {chart.crs} to {crs}: coordinates become infinite")
-    return out
+    return to_crs(chart, crs, ChartError, path)
 
 
 def _block_shapes(

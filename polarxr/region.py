@@ -8,7 +8,6 @@ when its centre is.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,11 +15,11 @@ import numpy as np
 import shapely
 import xarray as xr
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError, ProjError
 
 from polarxr.classes import NO_LABEL, WATER
 from polarxr.errors import PolarxrError
 from polarxr.labels import rasterize_chart
+from polarxr.vectors import polygonal, read_vector_file, to_crs
 
 WGS84 = "EPSG:4326"
 
@@ -36,15 +35,9 @@ def read_region(path: str | Path, crs: CRS | str | None = None) -> gpd.GeoDataFr
     cannot be transformed to ``crs``.
     """
     path = Path(path)
-    if not path.exists():
-        raise RegionError(path, "region file does not exist")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types for corrupt files
-        raise RegionError(path, f"not a readable vector file ({err})") from None
+    frame = read_vector_file(path, RegionError)
     geoms = frame.geometry[frame.geometry.notna() & ~frame.geometry.is_empty]
-    parts = shapely.get_parts(shapely.make_valid(geoms.values)) if len(geoms) else np.array([])
-    polygons = [g for g in parts if g.geom_type in {"Polygon", "MultiPolygon"}]
+    polygons = [g for g in polygonal(geoms.values) if not g.is_empty]
     if not polygons:
         raise RegionError(path, "holds no polygons; a region of interest must be a polygon (e.g. a GeoJSON Polygon)")
     region = gpd.GeoDataFrame({"name": [path.stem]}, geometry=[shapely.union_all(polygons)],
@@ -55,20 +48,7 @@ def read_region(path: str | Path, crs: CRS | str | None = None) -> gpd.GeoDataFr
 
 def reproject_region(region: gpd.GeoDataFrame, crs: CRS | str) -> gpd.GeoDataFrame:
     """``region`` in ``crs``; :class:`RegionError` naming the region file when no transformation exists."""
-    source = region.attrs.get("source")
-    try:
-        target = CRS.from_user_input(crs)
-        if CRS.from_user_input(region.crs) == target:
-            return region
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = region.to_crs(target)
-    except (CRSError, ProjError, ValueError) as err:
-        raise RegionError(source, f"cannot transform the region from {region.crs} to {crs}: {err}") from None
-    if not np.isfinite(out.total_bounds).all():
-        raise RegionError(source, f"cannot transform the region to {crs}: coordinates become infinite")
-    out.attrs["source"] = source
-    return out
+    return to_crs(region, crs, RegionError)
 
 
 def bounds_footprint(bounds: tuple[float, float, float, float], crs: CRS | str, points_per_side: int = 21) -> shapely.Polygon:
