@@ -68,8 +68,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local")
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=None, help="default: polarxr's per device (512 CPU, 2048 GPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: polarxr's per device (1 CPU, 4 GPU)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (GPU workers overlap I/O)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-halo runs")
@@ -97,7 +97,7 @@ def main() -> None:
         torch.set_num_threads(1)  # a single-threaded worker is the unit the cluster is made of
     ideal = ideal_mpx_s(checkpoint, scene, args.chunk, device)
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
-    device_name += f", {args.threads} thread(s) per worker, tile {args.tile}"
+    device_name += f", {args.threads} thread(s) per worker, tile {args.tile or 'default'}"
 
     table = Table(title=f"Blockwise inference of a {opened.sizes['y']} x {opened.sizes['x']} scene "
                         f"({megapixels:.0f} Mpx), chunk {args.chunk}, {device_name}")

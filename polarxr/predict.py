@@ -36,8 +36,9 @@ from polarxr.scenes import ensure_not_empty, open_scene
 
 #: Default chunk edge (px) of blockwise inference; a multiple of every model's downsampling factor.
 DEFAULT_CHUNK = 2048
-#: Edge (px) of the tiles a block is segmented in, batched on the device; bounds activation memory.
-DEFAULT_TILE = 512
+#: Per device: (edge in px of the tiles a block is segmented in, tiles per forward pass). Small tiles
+#: one at a time keep a CPU worker's activations to a few hundred MB; a GPU wants large batched work.
+DEFAULT_TILING: dict[str, tuple[int, int]] = {"cpu": (512, 1), "cuda": (2048, 4)}
 #: Probabilities are stored as uint8: p * 255, rounded.
 PROBABILITY_SCALE = 255
 
@@ -176,13 +177,15 @@ def _probabilities_block(
     checkpoint: str,
     nodata: float | None,
     halo: int,
-    tile: int,
-    batch_size: int,
+    tile: int | None,
+    batch_size: int | None,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata)."""
     model, meta = worker_model(checkpoint)
     device = next(model.parameters()).device.type
+    default_tile, default_batch = DEFAULT_TILING.get(device, DEFAULT_TILING["cpu"])
+    batch_size = batch_size or default_batch
     info = block_info[0]
     (y0, y1), (x0, x1) = info["array-location"][1:]
     (full_h, full_w) = info["shape"][1:]
@@ -198,6 +201,7 @@ def _probabilities_block(
         probs = _classify_patches(model, image, int(meta.get("patch_size", 64)), device, batch_size)
     else:
         _, multiple = _geometry(model, meta)
+        tile = max(multiple, (tile or default_tile) // multiple * multiple)
         core = ((top, top + core_h), (left, left + core_w))
         probs = _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
     probs[:, ~core_valid] = 0.0
@@ -246,15 +250,16 @@ def probabilities(
     scene: xr.DataArray,
     checkpoint: str | Path,
     chunk: int = DEFAULT_CHUNK,
-    tile: int = DEFAULT_TILE,
-    batch_size: int = 8,
+    tile: int | None = None,
+    batch_size: int | None = None,
     seamless: bool = True,
 ) -> xr.DataArray:
     """Lazy float32 class probabilities ``DataArray(class, y, x)`` of a scene, on its grid and CRS.
 
     Chunks are ``chunk`` px (a multiple of the model's downsampling factor, and not smaller than the halo);
     each block sees a halo of at least the model's receptive field, so the result does not depend on
-    ``chunk``. ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
+    ``chunk``. ``tile``/``batch_size`` default per worker device (:data:`DEFAULT_TILING`).
+    ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
     """
     checkpoint = Path(checkpoint)
     model, meta = worker_model(checkpoint, device="cpu")
@@ -266,7 +271,6 @@ def probabilities(
         raise ModelError(checkpoint, f"chunk {chunk} px must be a multiple of the model's downsampling factor {multiple}")
     if chunk < max(halo, multiple):
         raise ModelError(checkpoint, f"chunk {chunk} px is smaller than the model's halo of {halo} px; use --chunk >= {max(halo, multiple)}")
-    tile = max(multiple, tile - tile % multiple)
     data = scene.data.rechunk({0: -1, 1: _edge_chunks(scene.sizes["y"], chunk, halo),
                                2: _edge_chunks(scene.sizes["x"], chunk, halo)})
     probs = da.map_overlap(
@@ -358,8 +362,8 @@ def predict_scenes(
     probabilities_out: bool = True,
     charts: Sequence[str | Path | None] | None = None,
     quicklooks: bool = True,
-    tile: int = DEFAULT_TILE,
-    batch_size: int = 8,
+    tile: int | None = None,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
 ) -> list[PredictionResult]:
@@ -391,8 +395,8 @@ def predict_scene(
     chunk: int = DEFAULT_CHUNK,
     client=None,
     quicklook: str | Path | None = None,
-    tile: int = DEFAULT_TILE,
-    batch_size: int = 8,
+    tile: int | None = None,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
 ) -> PredictionResult:
