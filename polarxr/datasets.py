@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from polarxr.cube import SPLIT_CODES, open_cube_group
 from polarxr.errors import CubeError
-from polarxr.patches import valid_pixels
+from polarxr.patches import normalise
 
 
 class PatchDataset(Dataset):
@@ -65,10 +65,7 @@ class PatchDataset(Dataset):
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """``(band, y, x)`` raw values -> float32 normalised, nodata pixels and NaN set to 0."""
-        image = (raw.astype(np.float32) - self.mean) / self.std
-        image[:, ~valid_pixels(raw, self.nodata)] = 0.0
-        image[np.isnan(image)] = 0.0
-        return image
+        return normalise(raw, self.mean, self.std, self.nodata)[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image_array, label_array = self._open()

@@ -36,6 +36,21 @@ def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -
     return ~missing.all(axis=band_axis)
 
 
+def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(band, y, x)`` raw values -> ``(float32 (raw - mean) / std, valid (y, x))``, per band.
+
+    Pixels without data (every band nodata or NaN) and any NaN value become 0, the mean of the training
+    data, for training and inference alike.
+    """
+    valid = valid_pixels(raw, nodata)
+    mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    image = (raw.astype(np.float32) - mean) / std
+    image[:, ~valid] = 0.0
+    image[np.isnan(image)] = 0.0
+    return image, valid
+
+
 def labels_where_valid(scene: np.ndarray, raster: np.ndarray, nodata: float | None, fill: int) -> np.ndarray:
     """Chart raster ``(y, x)`` with ``fill`` where the scene block ``(band, y, x)`` has no data (uint8)."""
     return np.where(valid_pixels(scene, nodata), raster, np.uint8(fill)).astype(np.uint8)

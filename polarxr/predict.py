@@ -32,6 +32,8 @@ import zarr
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError
 from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
+from polarxr.patches import normalise as normalise_patch
+from polarxr.patches import valid_pixels
 from polarxr.scenes import ensure_not_empty, open_scene
 
 #: Default chunk edge (px) of blockwise inference; a multiple of every model's downsampling factor.
@@ -89,21 +91,11 @@ def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
 
 
 def normalise(block: np.ndarray, meta: dict, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Scale ``(band, y, x)`` with the checkpoint's per-band mean/std; nodata pixels become 0.
+    """Scale ``(band, y, x)`` with the checkpoint's per-band mean/std exactly as training did.
 
-    Returns ``(float32 image, valid mask (y, x))``.
+    Returns ``(float32 image, valid mask (y, x))``; pixels without data are 0.
     """
-    image = block.astype(np.float32)
-    invalid = np.isnan(image)
-    if nodata is not None and not np.isnan(nodata):
-        invalid |= block == nodata
-    valid = ~invalid.all(axis=0)
-    mean = np.asarray(meta["norm"]["mean"], np.float32)[:, None, None]
-    std = np.asarray(meta["norm"]["std"], np.float32)[:, None, None]
-    image = (image - mean) / std
-    image[:, ~valid] = 0.0
-    image[invalid] = 0.0
-    return image, valid
+    return normalise_patch(block, meta["norm"]["mean"], meta["norm"]["std"], nodata)
 
 
 def _pad_end(image: np.ndarray, multiple: int) -> np.ndarray:
@@ -201,7 +193,9 @@ def _probabilities_block(
         probs = _classify_patches(model, image, int(meta.get("patch_size", 64)), device, batch_size)
     else:
         _, multiple = _geometry(model, meta)
-        tile = max(multiple, (tile or default_tile) // multiple * multiple)
+        # a multi-looking U-Net works on pool x pool coarser pixels: its tiles cover pool x more ground
+        tile = tile or default_tile * int(getattr(model, "pool", 1))
+        tile = max(multiple, tile // multiple * multiple)
         core = ((top, top + core_h), (left, left + core_w))
         probs = _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
     probs[:, ~core_valid] = 0.0
@@ -210,10 +204,7 @@ def _probabilities_block(
 
 def _encode_block(probs: np.ndarray, block: np.ndarray, nodata: float | None) -> np.ndarray:
     """uint8 ``(1 + class, y, x)``: row 0 the class (255 on nodata), then probabilities x 255."""
-    invalid = np.isnan(block) if np.issubdtype(block.dtype, np.floating) else np.zeros(block.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        invalid |= block == nodata
-    valid = ~invalid.all(axis=0)
+    valid = valid_pixels(block, nodata)
     classes = np.where(valid, probs.argmax(axis=0), NO_LABEL).astype(np.uint8)
     scaled = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
     scaled[:, ~valid] = 0
