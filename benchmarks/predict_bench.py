@@ -7,7 +7,7 @@
 For each worker count it prints megapixels per second of the seamless run, of a run without halo (the
 overlap overhead), the efficiency against an ideal single-process whole-tile run measured in this process
 (``Mpx/s / (workers x ideal Mpx/s)``), and the peak resident memory of each worker. Throughput does not
-depend on the weights, so the model is the demo's U-Net (width 16, depth 3) with seeded random weights
+depend on the weights, so the model is the demo's U-Net (width 16, depth 3, pool 4) with seeded random weights
 unless ``--checkpoint`` is given.
 """
 

@@ -1,6 +1,6 @@
 """Seamlessness on this machine's device: blockwise probabilities versus one whole-array run.
 
-    python benchmarks/seamless_check.py --size 1500 1300 --chunks 64 200 512 1024
+    python benchmarks/seamless_check.py --size 2000 1800 --chunks 256 480 1024 2048 [--pool 1 --chunks 64 200 512]
 
 Prints, per chunking, the largest absolute difference of the class probabilities and the share of pixels
 whose class differs from the whole-array run (CUDA runs in bf16 autocast; CPU in float32).
@@ -20,11 +20,13 @@ from rich.table import Table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, nargs=2, default=(1500, 1300))
-    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 200, 512, 1024])
+    parser.add_argument("--size", type=int, nargs=2, default=(2000, 1800))
+    parser.add_argument("--chunks", type=int, nargs="+", default=[256, 480, 1024, 2048],
+                        help="block edges in px: multiples of pool x 2**depth, at least the halo")
+    parser.add_argument("--pool", type=int, default=4, help="the U-Net's multi-look factor")
     args = parser.parse_args()
 
-    from predict_bench import random_checkpoint
+    from common import random_checkpoint
 
     from polarxr.predict import normalise, probabilities, segment_array
     from polarxr.scenes import open_scene
@@ -34,7 +36,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="polarxr-seamless-"))
     scene_path = make_scene(workdir, seed=5, size=tuple(args.size)).scene
     scene = open_scene(scene_path)
-    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in scene.band.values])
+    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in scene.band.values], pool=args.pool)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, meta = load_checkpoint(checkpoint, device=device)
     image, valid = normalise(scene.values, meta, scene.rio.nodata)
@@ -43,7 +45,7 @@ def main() -> None:
     for column in ("chunk", "blocks", "max |dp|", "pixels with another class"):
         table.add_column(column, justify="right")
     for chunk in args.chunks:
-        probs = probabilities(scene, checkpoint, chunk=chunk, tile=512)
+        probs = probabilities(scene, checkpoint, chunk=chunk)
         actual = probs.compute(scheduler="threads").values
         diff = np.abs(actual[:, valid] - expected[:, valid]).max()
         other = (actual[:, valid].argmax(0) != expected[:, valid].argmax(0)).mean()

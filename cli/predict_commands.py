@@ -71,9 +71,9 @@ def predict(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("demo-run"), help="Folder for every output of the demo."),
-    scenes: int = typer.Option(6, help="Synthetic scenes: all but 2 train the model, 2 are held out."),
+    scenes: int = typer.Option(10, help="Synthetic scenes: 2 are held out, one validates, the rest train the model."),
     size: int = typer.Option(1024, help="Edge of each synthetic scene in px (40 m)."),
-    epochs: int = typer.Option(6, help="Training epochs of the U-Net."),
+    epochs: int = typer.Option(4, help="Training epochs of the U-Net."),
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,

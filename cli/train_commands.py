@@ -73,21 +73,33 @@ class _EpochProgress:
 @app.command("train")
 def train_command(
     cube: Annotated[Path, typer.Option("--cube", help="Zarr training cube (polarxr cube ...).")],
-    model: Annotated[ModelName, typer.Option("--model", help="unet (segmenter) or patchcnn (seed baseline).")] = ModelName.unet,
-    run_number: Annotated[int, typer.Option("--run-number", help="Run number; names the default run folder.")] = 0,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Total epochs (a resumed run stops here too).")] = 3,
-    save_interval: Annotated[int, typer.Option("--save-interval", min=1, help="Keep checkpoint_epoch{N}.pt every N epochs.")] = 1,
+    model: Annotated[ModelName, typer.Option(
+        "--model", help="unet (segmenter) or patchcnn (seed baseline).")] = ModelName.unet,
+    run_number: Annotated[int, typer.Option(
+        "--run-number", help="Run number; names the default run folder.")] = 0,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, help="Total epochs (a resumed run stops here too).")] = 3,
+    save_interval: Annotated[int, typer.Option(
+        "--save-interval", min=1, help="Keep checkpoint_epoch{N}.pt every N epochs.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Patches per batch.")] = 28,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 1e-3,
-    device: Annotated[DeviceName, typer.Option("--device", help="auto: CUDA when available, else CPU.")] = DeviceName.auto,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/run{RUN_NUMBER}).")] = None,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate (peak).")] = 1e-3,
+    device: Annotated[DeviceName, typer.Option(
+        "--device", help="auto: CUDA when available, else CPU.")] = DeviceName.auto,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run folder (default runs/run{RUN_NUMBER}).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, shuffling, augmentation.")] = 0,
-    width: Annotated[int | None, typer.Option("--width", min=1, help="Channels of the first layer (default: the model's).")] = None,
+    width: Annotated[int | None, typer.Option(
+        "--width", min=1, help="Channels of the first layer (default: the model's, 16 / 32).")] = None,
     depth: Annotated[int | None, typer.Option("--depth", min=1, help="U-Net downsamplings (default 3).")] = None,
-    pool: Annotated[int | None, typer.Option("--pool", min=1, help="U-Net input average-pooling (multi-look) factor; 4 widens context, cuts compute 16x (default 1).")] = None,
-    schedule: Annotated[Schedule, typer.Option("--schedule", help="Learning rate per step: cosine (decay to 1 %) or constant.")] = Schedule.cosine,
-    max_steps: Annotated[int | None, typer.Option("--max-steps-per-epoch", min=1, help="Cap batches per epoch.")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from RUN/last.pt when present.")] = True,
+    pool: Annotated[int | None, typer.Option(
+        "--pool", min=1, help="U-Net input average-pooling (multi-look) factor: 4 widens the context 4x "
+        "for 1/16 of the compute; 1 = full-resolution U-Net.")] = 4,
+    schedule: Annotated[Schedule, typer.Option(
+        "--schedule", help="Learning rate per step: cosine (decay to 1 %) or constant.")] = Schedule.cosine,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps-per-epoch", min=1, help="Cap batches per epoch.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="Continue from RUN/last.pt when present.")] = True,
 ) -> None:
     """Train a model on a training cube; validate on its held-out scenes each epoch; write checkpoints.
 
@@ -125,7 +137,8 @@ def train_command(
 def evaluate_command(
     prediction: Annotated[Path, typer.Argument(help="Class map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata).")],
     chart: Annotated[Path, typer.Argument(help="Ice chart shapefile (poly_type L/W/I) of the same scene.")],
-    chunk: Annotated[int | None, typer.Option("--chunk", min=64, help="Chunk edge in px (default: file tiles near 2048).")] = None,
+    chunk: Annotated[int | None, typer.Option(
+        "--chunk", min=64, help="Chunk edge in px (default: file tiles near 2048).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,

@@ -24,12 +24,12 @@ BANDS = ["HH", "HV", "HH-HV"]
 NORM = {"mean": [128.0] * 3, "std": [60.0] * 3}
 
 
-def make_random_checkpoint(path, name="unet", bands=BANDS, seed=0):
+def make_random_checkpoint(path, name="unet", bands=BANDS, seed=0, pool=1):
     """An untrained but non-trivial model (random weights) saved as a polarxr checkpoint."""
     torch.manual_seed(seed)
     config = {"name": name, "in_channels": len(bands), "n_classes": 3}
     if name == "unet":
-        config.update(width=4, depth=3)
+        config.update(width=4, depth=3, pool=pool)
     net = build_model(config).eval()
     return save_checkpoint(path, make_checkpoint(net, band_names=bands, norm=NORM, patch_size=64))
 
@@ -60,6 +60,18 @@ def test_blockwise_equals_whole_array(files, chunk):
     np.testing.assert_allclose(actual[:, valid], expected[:, valid], atol=2e-5)
     np.testing.assert_array_equal(actual[:, valid].argmax(0), expected[:, valid].argmax(0))
     assert not actual[:, ~valid].any()  # nodata-only blocks are skipped, nodata pixels have no probability
+
+
+@pytest.mark.parametrize("chunk", [256, 320, 608])
+def test_blockwise_equals_whole_array_for_a_multilooking_unet(tmp_path, chunk):
+    """The demo's pool-4 U-Net (halo 224 px): 2 x 2 blocks with ragged edges, and one block."""
+    scene_path = write_scene(tmp_path / PRODUCT, shape=(600, 520), tile=64, nodata_margin=30)
+    checkpoint = make_random_checkpoint(tmp_path / "pool4.pt", pool=4)
+    expected, valid = whole_array(scene_path, checkpoint)
+    probs = probabilities(open_scene(scene_path), checkpoint, chunk=chunk)
+    actual = probs.compute(scheduler="threads").values
+    np.testing.assert_allclose(actual[:, valid], expected[:, valid], atol=2e-5)
+    np.testing.assert_array_equal(actual[:, valid].argmax(0), expected[:, valid].argmax(0))
 
 
 @pytest.fixture(scope="module")
