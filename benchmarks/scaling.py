@@ -1,6 +1,6 @@
 """Strong and weak scaling of polarxr's distributed stages: rasterize, cube build and inference.
 
-    python benchmarks/scaling.py                                          # 4096 x 4096 scenes, 1 and 2 local workers
+    python benchmarks/scaling.py                                          # 4096 x 4096 scenes, 1 and 2 local workers (~5 min)
     python benchmarks/scaling.py --size 15564 15218 --workers 1 2 4 8     # full-size ExtremeEarth scenes
     python benchmarks/scaling.py --cluster cuda --workers 1 2 4           # LocalCUDACluster, one worker per GPU
     python benchmarks/scaling.py --scheduler tls://10.0.0.5:8786 --tls-dir tls --workdir /shared/bench
@@ -15,13 +15,13 @@ Each stage runs exactly as the product runs it under a ``distributed`` client:
 - *cube build*: :func:`polarxr.cube.build_cube` into a fresh cube (random sampler, ``--samples-per-label``
   patches per class of ``--patch-size`` px), scenes appended one after another as the cube requires; patches/s.
 - *inference*: :func:`polarxr.predict.predict_scenes` (seamless, with halo; class COG only), all scenes one
-  graph; Mpx/s. The model is the demo's U-Net (width 16, depth 3) with random weights unless ``--checkpoint``.
+  graph; Mpx/s. The model is the demo's U-Net with random weights unless ``--checkpoint``.
 
-Per run: seconds, throughput, throughput per worker, speedup and efficiency against the smallest cluster
+Per measurement (the fastest of ``--repeat`` runs, default 3): seconds, throughput, throughput per worker, speedup and efficiency against the smallest cluster
 (``throughput / (N / N0 x throughput at N0)``, 100 % = ideal); *workers busy*, the workers' CPU time over
 ``N x`` wall time (below 100 %: workers idle for lack of parallel tasks or waiting on the client, or
 sharing their cores with other processes); *per CPU second*, the work per second of worker CPU (the rate of
-one worker that has a core to itself, robust to a loaded host); and the peak resident memory of each worker
+one worker that has a core to itself, robust to a loaded host); and the peak resident memory per worker
 during that run (Linux; the peak is reset before every run). Scene synthesis (on the cluster), cluster
 start-up and loading the model on every worker are not timed. A cluster started here is resized with
 ``cluster.scale``; with ``--scheduler`` the cluster is measured as it is (its worker count, one row per
@@ -70,8 +70,8 @@ class Settings:
     patch_size: int
     samples_per_label: int
     checkpoint: Path
-    tile: int
-    batch_size: int
+    tile: int | None  # None: polarxr's default for the worker's device
+    batch_size: int | None
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,14 @@ def synthesize(client, outdir: Path, n: int, size: tuple[int, int], seed: int = 
     return [Scene(Path(s), Path(c)) for s, c in client.gather(futures)]
 
 
-def _prepare_worker(checkpoint: str) -> str:
+def _prepare_worker(checkpoint: str) -> None:
     """Task-side imports and the model in the worker's cache, so runs time work rather than start-up."""
     import polarxr.cube  # noqa: F401
     import polarxr.io  # noqa: F401
     import polarxr.labels  # noqa: F401
     from polarxr.predict import worker_model
 
-    model, _ = worker_model(checkpoint)
-    return next(model.parameters()).device.type
+    worker_model(checkpoint)
 
 
 def resize(client, n: int, timeout: float = 300) -> None:
@@ -235,7 +234,7 @@ def run_counts(client, counts: list[int], scenes: list[Scene], tiny: list[Scene]
 def table(runs: list[Run], mode: str, title: str) -> Table:
     out = Table(title=title)
     for column in ("stage", "workers", "scenes", "work", "seconds", "throughput", "per worker", "speedup",
-                   "efficiency", "workers busy", "per CPU second", "peak RSS/worker: max", "mean"):
+                   "efficiency", "workers busy", "per CPU second", "peak RSS max", "peak RSS mean"):
         out.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for k, stage in enumerate(STAGES):
         rows = sorted((r for r in runs if r.stage == stage.name and r.mode == mode), key=lambda r: r.workers)
@@ -292,6 +291,16 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
+def describe_model(checkpoint: Path, random: bool) -> str:
+    from polarxr.train import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    config = dict(meta["model_config"])
+    name = config.pop("name")
+    options = ", ".join(f"{k}={v}" for k, v in config.items())
+    return f"{'random-weight ' if random else ''}{name} ({options})"
+
+
 def describe(client, cluster: str) -> str:
     """One line on the hardware and software the numbers come from."""
     import dask
@@ -325,9 +334,9 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--samples-per-label", type=int, default=1000, help="cube build: patches per class and scene")
     parser.add_argument("--checkpoint", type=Path, help="model to run (default: the demo U-Net, random weights)")
-    parser.add_argument("--tile", type=int, default=512, help="inference tile edge in px")
-    parser.add_argument("--batch-size", type=int, default=8, help="inference tiles per forward pass")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is kept")
+    parser.add_argument("--tile", type=int, help="inference tile edge in px (default: polarxr's per device)")
+    parser.add_argument("--batch-size", type=int, help="inference tiles per forward pass (default: polarxr's per device)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is kept")
     parser.add_argument("--workdir", type=Path, help="scenes and outputs (default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder of the table and plot")
     parser.add_argument("--tag", help="file name tag: scaling_<tag>.md/.png (default: cpu, cuda or cluster)")
@@ -336,8 +345,9 @@ def main() -> None:
         parser.error("--workers, --scenes-per-worker and --repeat must be at least 1")
 
     from polarxr.cluster import get_client
+    from polarxr.predict import DEFAULT_TILING
 
-    console = Console(record=True, width=max(180, shutil.get_terminal_size().columns))
+    console = Console(record=True, width=max(190, shutil.get_terminal_size().columns))
     tag = args.tag or ("cluster" if args.scheduler else {"local": "cpu", "cuda": "cuda"}[args.cluster])
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="polarxr-scaling-")) if temporary else args.workdir
@@ -365,6 +375,7 @@ def main() -> None:
             bands = [str(b) for b in open_scene(scenes[0].path).band.values]
             checkpoint = args.checkpoint or random_checkpoint(workdir / "unet.pt", bands)
             settings = Settings(args.chunk, args.patch_size, args.samples_per_label, checkpoint, args.tile, args.batch_size)
+            model = describe_model(checkpoint, args.checkpoint is None)
             environment = describe(client, where)
             tiny = synthesize(client, workdir / "warm-up", 1, (512, 512), seed=1000)
             runs = run_counts(client, counts, scenes, tiny, args.scenes_per_worker, workdir, settings, args.repeat,
@@ -378,8 +389,8 @@ def main() -> None:
     console.print(table(runs, "strong", f"Strong scaling: one {size}, chunk {args.chunk} px"))
     console.print(table(runs, "weak", f"Weak scaling: {args.scenes_per_worker} {size}(s) per worker, chunk {args.chunk} px"))
     console.print(f"cube build: random sampler, {args.samples_per_label} patches of {args.patch_size} px per class "
-                  f"and scene; inference: {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'demo U-Net (width 16, depth 3)'}, "
-                  f"tile {args.tile}, batch {args.batch_size}, seamless (halo)", highlight=False)
+                  f"and scene; inference: {model}, tile {args.tile or 'default'}, batch {args.batch_size or 'default'} "
+                  f"(defaults per device: {DEFAULT_TILING}), seamless (halo)", highlight=False)
     console.print(environment, highlight=False)
     console.print(f"load average of the client host before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}; "
                   f"total {time.perf_counter() - started:.0f} s; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",

@@ -482,7 +482,8 @@ def train(
     if not csv_path.exists():
         _write_logs(run_dir, history)
     best_path = run_dir / "best.pt"
-    return RunResult(run_dir=run_dir, last_checkpoint=last_path, best_checkpoint=best_path if best_path.exists() else None,
-                     history=history, start_epoch=start_epoch, epochs=epochs, device=str(dev), log_csv=csv_path,
+    return RunResult(run_dir=run_dir, last_checkpoint=last_path,
+                     best_checkpoint=best_path if best_path.exists() else None, history=history,
+                     start_epoch=start_epoch, epochs=epochs, device=str(dev), log_csv=csv_path,
                      log_json=json_path, curves_png=png_path,
                      checkpoints=sorted(set(checkpoints), key=lambda p: int(p.stem.removeprefix("checkpoint_epoch"))))

@@ -4,11 +4,12 @@ The network is built only from stride-1 zero-padded ("same") 3x3 convolutions, 2
 stride-2 transposed convolutions, optionally between an input average-pooling by ``pool`` (multi-looking:
 it averages speckle and widens the context ``pool`` times for ``1 / pool**2`` of the compute) and a
 bilinear upsampling of the logits back to full resolution. So it is translation-equivariant for shifts
-that are multiples of its downsampling factor :attr:`UNet.pad_multiple` (``pool * 2 ** depth``). With BatchNorm in eval mode (a per-pixel
-affine map) the value at an output pixel depends only on the input within :meth:`UNet.receptive_radius`
-pixels of it. Hence a block cropped from a larger array, extended by :attr:`UNet.halo` pixels on each
-side (clipped at the array's edges) and starting at a multiple of ``pad_multiple`` gives, over the
-block, the same logits as a run over the whole array: see :meth:`UNet.forward_padded`.
+that are multiples of its downsampling factor :attr:`UNet.pad_multiple` (``pool * 2 ** depth``). With
+BatchNorm in eval mode (a per-pixel affine map) the value at an output pixel depends only on the input
+within :meth:`UNet.receptive_radius` pixels of it. Hence a block cropped from a larger array, extended
+by :attr:`UNet.halo` pixels on each side (clipped at the array's edges) and starting at a multiple of
+``pad_multiple`` gives, over the block, the same logits as a run over the whole array: see
+:meth:`UNet.forward_padded`.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ class UNet(nn.Module):
 
         The receptive radius rounded up to :attr:`pad_multiple`, so that a block whose edges sit on
         multiples of ``pad_multiple`` keeps its extended crop aligned too. Within the crop, an output pixel
-        at least ``receptive_radius()`` from the crop's edge never sees the crop's zero padding, at any
-        level (the crop's edges are aligned to every level's grid), so no further margin is needed.
+        at least ``receptive_radius()`` from the crop's edge never sees the crop's zero padding at any
+        level, nor the edge clamping of the bilinear upsampling (the crop's edges are aligned to every
+        level's grid), so no further margin is needed.
         """
         multiple = self.pad_multiple
         return -(-self.receptive_radius() // multiple) * multiple
