@@ -24,7 +24,7 @@ def main() -> None:
         app()
     except PolarxrError as err:
         # escape: messages hold user paths and hints like polarxr[gpu] that are not rich markup
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 
