@@ -18,6 +18,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
 
+# The quick benchmarks; README lists the longer ones (full-size inference, training, GPU).
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/labels_bench.py
 	$(VENV)/bin/python benchmarks/cube_bench.py
+	$(VENV)/bin/python benchmarks/scaling.py

@@ -1,16 +1,19 @@
 """Held-out accuracy of the U-Net segmenter against the seed's patch classifier, trained with the same budget.
 
-    python benchmarks/train_bench.py                  # 20 training scenes (+1 validation), 4 held out, 1024 px
-    python benchmarks/train_bench.py --train-scenes 12 --test-scenes 2 --epochs 4 --workdir /tmp/tb
+    python benchmarks/train_bench.py                  # 20 training scenes (+1 validation), 12 held out, 1024 px
+    python benchmarks/train_bench.py --train-scenes 12 --test-scenes 4 --epochs 4 --workdir /tmp/tb
 
 Both models learn from the same synthetic training scenes and validation scene (``make_dataset`` with
 ``--seed``) and are scored on scenes held out from training, generated with another seed
-(``--test-seed``, default ``--seed + 1000``): other places on the coast, other ice, other speckle.
+(``--test-seed``, default ``--seed + 1000``): other places on the coast, other ice, other speckle. The
+default 12 held-out scenes are one per month of a year, like the ExtremeEarth set; fewer cover only the
+first months (winter), and single scenes vary a lot (a large calm new-ice patch, as dark as water inside
+the pack, costs one January scene 0.2 of mean IoU), so few scenes give a noisy, season-biased figure.
 
 - **U-Net** (main model): a cube of 256 px patches with dense labels (random sampler, 60 patches per
   class per scene), width 16, depth 4, input multi-look ``pool`` 4, batch 8.
 - **patch classifier** (the seed's baseline): a cube of 64 px patches from the same scenes labelled by
-  their centre pixel (random sampler, 100 patches per class per scene), batch 28 as in the seed;
+  their centre pixel (random sampler, 160 patches per class per scene), batch 28 as in the seed;
   at inference the scene is cut into 64 px tiles and each tile gets one class (the seed's re-piecing).
 
 Same budget means: the same training and validation scenes, the same number of epochs, the same optimiser
@@ -50,8 +53,10 @@ from polarxr.classes import CLASS_NAMES
 from polarxr.evaluate import evaluate_prediction, metrics_from_confusion
 from polarxr.io import atomic_path
 
-#: The acceptance bar of the issue: held-out mean IoU of the U-Net.
+#: The acceptance bar of the issue: held-out mean IoU of the U-Net, and by how much it must beat the baseline's
+#: held-out mean IoU to count as clearly better.
 TARGET_MEAN_IOU = 0.90
+CLEAR_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,13 @@ class ModelSpec:
 
     def tag(self, epochs: int, seed: int) -> str:
         opts = "".join(f"_{k}{v}" for k, v in sorted(self.options.items()))
-        return f"{self.model}{opts}_p{self.patch_size}x{self.samples_per_label}_b{self.batch_size}_lr{self.lr:g}_e{epochs}_s{seed}"
+        return (f"{self.model}{opts}_p{self.patch_size}x{self.samples_per_label}_b{self.batch_size}"
+                f"_lr{self.lr:g}_e{epochs}_s{seed}")
 
 
 # ------------------------------------------------------------------------------------------------ data
-def synthetic_scenes(folder: Path, n_scenes: int, size: tuple[int, int], seed: int, console: Console) -> list[tuple[Path, Path]]:
+def synthetic_scenes(folder: Path, n_scenes: int, size: tuple[int, int], seed: int,
+                     console: Console) -> list[tuple[Path, Path]]:
     """``(scene.tif, chart.shp)`` of ``make_dataset(n_scenes, size, seed)`` in ``folder``, reused when complete.
 
     A ``scenes.json`` written last marks a complete set; anything else in the folder is regenerated.
@@ -211,14 +218,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-scenes", type=int, default=20, help="training scenes (one more is made for validation)")
-    parser.add_argument("--test-scenes", type=int, default=4, help="held-out scenes (made with --test-seed)")
+    parser.add_argument("--test-scenes", type=int, default=12,
+                        help="held-out scenes (made with --test-seed; 12 = one per month of a year)")
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("ROWS", "COLS"))
     parser.add_argument("--epochs", type=int, default=6, help="epochs of both models")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training scenes, samplers and training")
     parser.add_argument("--test-seed", type=int, default=None, help="seed of the held-out scenes (default: --seed + 1000)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both models (cosine decay)")
     parser.add_argument("--unet-samples", type=int, default=60, help="256 px U-Net patches per class per scene")
-    parser.add_argument("--patch-samples", type=int, default=100, help="64 px classifier patches per class per scene")
+    parser.add_argument("--patch-samples", type=int, default=160, help="64 px classifier patches per class per scene")
     parser.add_argument("--depth", type=int, default=4, help="U-Net depth")
     parser.add_argument("--width", type=int, default=16, help="U-Net width (channels of the first level)")
     parser.add_argument("--pool", type=int, default=4, help="U-Net input multi-look factor")
@@ -266,8 +274,8 @@ def main() -> None:
         for spec in specs:
             tic = time.perf_counter()
             tag = f"n{args.train_scenes}_{data_tag}_seed{args.seed}"
-            cube = build_training_cube(work / f"cube_{spec.key}_p{spec.patch_size}x{spec.samples_per_label}_{tag}.zarr",
-                                       train_pairs, spec, args.seed, args.chunk, console)
+            cube_name = f"cube_{spec.key}_p{spec.patch_size}x{spec.samples_per_label}_{tag}.zarr"
+            cube = build_training_cube(work / cube_name, train_pairs, spec, args.seed, args.chunk, console)
             stage_s[f"{spec.key} cube"] = time.perf_counter() - tic
             tic = time.perf_counter()
             run = train_model(cube, work / "runs" / f"{spec.tag(args.epochs, args.seed)}_{tag}", spec, args.epochs,
@@ -280,7 +288,8 @@ def main() -> None:
             stage_s[f"{spec.key} inference + evaluation"] = time.perf_counter() - tic
             n_train = len(PatchDataset(cube, "train"))
             scores[spec.key] = {
-                "metrics": metrics, "per_scene": per_scene, "mpx_s": sum(_megapixels(s) for s, _ in test_pairs) / infer_s,
+                "metrics": metrics, "per_scene": per_scene,
+                "mpx_s": sum(_megapixels(s) for s, _ in test_pairs) / infer_s,
                 # every epoch's time as logged by train(), incl. its validation pass: the same on a re-run
                 "train_s": sum(r["seconds"] for r in run.history), "patches": n_train, "steps": final["steps"],
                 "val_mean_iou": final["val_mean_iou"],
@@ -291,8 +300,8 @@ def main() -> None:
     header, rows = summary_rows(specs, scores)
     scene_header, scene_rows = per_scene_rows(specs, scores, test_pairs)
     n_px = scores["unet"]["metrics"]["n_pixels"]
-    title = (f"Held-out scenes ({args.test_scenes} x {size[0]} x {size[1]} px, seed {test_seed}, {n_px:,} labelled px), "
-             f"models trained on {args.train_scenes} scenes (seed {args.seed}) for {args.epochs} epochs on {device}")
+    title = (f"Held-out scenes ({args.test_scenes} x {size[0]} x {size[1]} px, seed {test_seed}, {n_px:,} labelled "
+             f"px), models trained on {args.train_scenes} scenes (seed {args.seed}) for {args.epochs} epochs on {device}")
     budget_head = (
         f"Same budget: both models were trained on the same {args.train_scenes} training scenes (+ the same 1 "
         f"validation scene) for the same {args.epochs} epochs, with AdamW at peak lr {args.lr:g} and a cosine "
@@ -303,20 +312,21 @@ def main() -> None:
         f"({s.samples_per_label} per class per scene), batch {s.batch_size}, {scores[s.key]['steps']} steps per "
         f"epoch ({scores[s.key]['steps'] * args.epochs:,} steps), "
         f"{json.dumps(s.options) if s.options else 'the seed AlexNet-style layout'}; "
-        f"training {scores[s.key]['train_s']:.0f} s; last-epoch validation mean IoU {scores[s.key]['val_mean_iou']:.3f}"
+        f"training {scores[s.key]['train_s']:.0f} s; last-epoch validation mean IoU "
+        f"{scores[s.key]['val_mean_iou']:.3f}"
         for s in specs]
     budget_notes = [
         "Patch counts are chosen so that an epoch of either model costs about the same CPU time; "
         "'training s' is the sum of the logged epoch times (each including its validation pass).",
-        f"Inference: predict_scenes on a LocalCluster of {args.workers} single-threaded workers, chunk {args.chunk} px, "
-        "all held-out scenes as one graph, class COGs written (Mpx/s over all held-out pixels, wall time incl. "
-        "reading, graph and writing; the model is loaded on the workers beforehand). The patch classifier gives one class per 64 px tile (the seed's "
-        "re-piecing); the U-Net runs seamlessly with its halo.",
+        f"Inference: predict_scenes on a LocalCluster of {args.workers} single-threaded workers, chunk "
+        f"{args.chunk} px, all held-out scenes as one graph, class COGs written (Mpx/s over all held-out pixels, "
+        "wall time incl. reading, graph and writing; the model is loaded on the workers beforehand). The patch "
+        "classifier gives one class per 64 px tile (the seed's re-piecing); the U-Net runs seamlessly with its halo.",
     ]
     unet, patch = scores["unet"]["metrics"], scores["patchcnn"]["metrics"]
-    passed = unet["mean_iou"] >= TARGET_MEAN_IOU and unet["mean_iou"] > patch["mean_iou"]
+    passed = unet["mean_iou"] >= TARGET_MEAN_IOU and unet["mean_iou"] >= patch["mean_iou"] + CLEAR_MARGIN
     verdict = (f"U-Net held-out mean IoU {unet['mean_iou']:.3f} (target >= {TARGET_MEAN_IOU:.2f}) vs patch classifier "
-               f"{patch['mean_iou']:.3f}: {'PASS' if passed else 'FAIL'}")
+               f"{patch['mean_iou']:.3f} (U-Net must lead by >= {CLEAR_MARGIN:.2f}): {'PASS' if passed else 'FAIL'}")
     total_s = time.perf_counter() - started
 
     console.print(rich_table(title, header, rows))
@@ -335,7 +345,8 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; total run time "
         f"{total_s / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items()) + ").", "",
         f"## {title}", "", *markdown_table(header, rows), "",
-        "The last row is U-Net minus patch classifier for the scores, U-Net / patch classifier for time and throughput.", "",
+        "The last row is U-Net minus patch classifier for the scores, U-Net / patch classifier for time and "
+        "throughput.", "",
         "## Per held-out scene", "", *markdown_table(scene_header, scene_rows), "",
         "## Budget", "", budget_head, "", *budget_items, "",
         *(part for note in budget_notes for part in (note, "")), f"**{verdict}**", "",
