@@ -19,6 +19,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import xarray as xr
 import zarr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
-from polarxr.errors import ModelError
+from polarxr.errors import ModelError, SceneError
 from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
 from polarxr.patches import normalise as normalise_patch
 from polarxr.patches import valid_pixels
@@ -305,22 +306,24 @@ def encoded_blocks(scene: xr.DataArray, probs: xr.DataArray) -> da.Array:
 
 # --------------------------------------------------------------------------------------------- writing
 class _SceneWriter:
-    """Client-side writer of one scene's outputs: staging GeoTIFF windows and Zarr regions."""
+    """Client-side writer of one scene's outputs: staging GeoTIFF windows and Zarr regions.
+
+    Both outputs live under temporary names until :meth:`close` with ``ok=True`` renames them into place;
+    ``ok=False`` removes them.
+    """
 
     def __init__(self, scene: xr.DataArray, probs: xr.DataArray, out_tif: Path, out_zarr: Path | None, tags: dict):
         self.scene, self.out_tif, self.out_zarr = scene, out_tif, out_zarr
-        self._stack = []
-        self._cog = cog_staging(out_tif)
-        staging = self._cog.__enter__()
+        self._outputs = ExitStack()
+        staging = self._outputs.enter_context(cog_staging(out_tif))
         profile = dict(driver="GTiff", width=scene.sizes["x"], height=scene.sizes["y"], count=1, dtype="uint8",
                        nodata=NO_LABEL, crs=scene.rio.crs, transform=scene.rio.transform(), **STAGING_OPTIONS)
         self._tif = rasterio.open(staging, "w", **profile)
         self._tif.update_tags(**tags)
         self._tif.set_band_description(1, "class (0 land, 1 sea, 2 ice, 255 nodata)")
-        self._zarr_ctx = self._zarr = None
+        self._zarr = None
         if out_zarr is not None:
-            self._zarr_ctx = atomic_path(out_zarr)
-            tmp = self._zarr_ctx.__enter__()
+            tmp = self._outputs.enter_context(atomic_path(out_zarr))
             # uniform Zarr chunks (the last dask chunk may be wider); the client is the only writer
             uniform = {"y": probs.chunks[1][0], "x": probs.chunks[2][0]}
             template = xr.zeros_like(probs, dtype=np.uint8).chunk(uniform).to_dataset(name="probability")
@@ -337,11 +340,11 @@ class _SceneWriter:
 
     def close(self, ok: bool) -> None:
         self._tif.close()
-        error = None if ok else RuntimeError("prediction failed")
-        exc = (type(error), error, None) if error else (None, None, None)
-        if self._zarr_ctx is not None:
-            self._zarr_ctx.__exit__(*exc)
-        self._cog.__exit__(*exc)
+        if ok:
+            self._outputs.close()
+        else:
+            failure = RuntimeError("prediction failed")
+            self._outputs.__exit__(RuntimeError, failure, None)
 
 
 def predict_scenes(
@@ -430,8 +433,15 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
                 where[where_key] = (index, (slice(y_edges[i], y_edges[i + 1]), slice(x_edges[j], x_edges[j + 1])))
         submitted = client.compute(futures, retries=2)
         index_of = {f.key: k for k, f in enumerate(submitted)}
-        for done, (future, encoded_block) in enumerate(as_completed(submitted, with_results=True), start=1):
+        for done, future in enumerate(as_completed(submitted), start=1):
             scene_index, location = where[index_of[future.key]]
+            try:
+                encoded_block = future.result()
+            except Exception as err:  # a block failed on a worker even after retries: name the scene
+                ys, xs = location
+                raise SceneError(plans[scene_index].scene.attrs["source"],
+                                 f"segmentation failed in rows {ys.start}-{ys.stop}, columns {xs.start}-{xs.stop}: "
+                                 f"{type(err).__name__}: {err}") from err
             plans[scene_index].write(location, encoded_block)
             future.release()
             if progress:

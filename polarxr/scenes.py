@@ -210,7 +210,10 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     with _open_raster(path) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
-        sample = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        try:
+            sample = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        except RasterioError as err:
+            raise SceneError(path, f"is corrupt: its pixels cannot be read ({err})") from None
         nodata = src.nodata if src.nodata is not None else (0 if src.dtypes[0] == "uint8" else None)
     invalid = np.isnan(sample) if np.issubdtype(sample.dtype, np.floating) else np.zeros(sample.shape, bool)
     if nodata is not None and not np.isnan(nodata):

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import rioxarray
 import torch
 from distributed import Client, LocalCluster
@@ -130,6 +131,24 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
                             progress=kill_one).class_map
         assert killed.is_set()
     np.testing.assert_array_equal(rioxarray.open_rasterio(out).values, rioxarray.open_rasterio(reference).values)
+
+
+def test_unreadable_blocks_name_the_scene_and_leave_nothing(files, client, tmp_path):
+    """A scene with a corrupt tile fails with the file named and leaves no output."""
+    scene_path, _, checkpoint, _ = files
+    broken = tmp_path / PRODUCT
+    rasterio.shutil.copy(scene_path, broken, driver="GTiff", TILED="YES", BLOCKXSIZE=64, BLOCKYSIZE=64,
+                         COMPRESS="DEFLATE")
+    with rasterio.open(broken) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
+    with open(broken, "r+b") as f:  # garble one compressed tile: the header opens, that tile cannot
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    out = tmp_path / "out"
+    with pytest.raises(SceneError, match="is corrupt|segmentation failed") as err:
+        predict_scene(broken, checkpoint, out / "pred.tif", probabilities=out / "prob.zarr", chunk=64, client=client)
+    assert str(broken) in str(err.value)
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_bad_inputs(files, tmp_path):
