@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from distributed import Client
 
 from polarxr.classes import CLASS_NAMES
@@ -44,6 +45,10 @@ class DemoConfig:
     #: wind-roughened sea needs to be told from ice, for 1/16 of the compute
     pool: int = 4
     chunk: int = 512
+    #: torch threads while training on CPU: OpenMP spin-waits make 2 threads on a busy 2-core machine
+    #: several times slower than 1 (measured 2.6 s vs 0.4 s a step), and the demo shares the machine
+    #: with its dask workers
+    torch_threads: int = 1
 
 
 @dataclass
@@ -97,9 +102,19 @@ def run_demo(workdir: str | Path, client: Client, config: DemoConfig = DemoConfi
     done("cube")
 
     stage("train")
-    run = train(cube, workdir / "run", model="unet", epochs=config.epochs, batch_size=config.batch_size,
-                lr=config.lr, device="auto", seed=config.seed,
-                model_options={"width": config.width, "depth": config.depth, "pool": config.pool})
+    def epoch_line(event: str, info: dict) -> None:
+        if event == "epoch":
+            say(f"  epoch {info['epoch']}/{config.epochs}: train loss {info['train_loss']:.3f}, validation mean IoU "
+                f"{info['val_mean_iou']:.3f} ({info['seconds']:.0f} s)")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads)
+    try:
+        run = train(cube, workdir / "run", model="unet", epochs=config.epochs, batch_size=config.batch_size,
+                    lr=config.lr, device="auto", seed=config.seed, progress=epoch_line,
+                    model_options={"width": config.width, "depth": config.depth, "pool": config.pool})
+    finally:
+        torch.set_num_threads(threads)
     checkpoint = run.last_checkpoint
     done("train")
 
