@@ -86,9 +86,7 @@ def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
     if meta["model_config"]["name"] == "patchcnn":
         patch = int(meta.get("patch_size", 64))
         return 0, patch
-    multiple = int(getattr(model, "pad_multiple", 1))
-    halo = int(np.ceil(int(model.halo) / multiple) * multiple)
-    return halo, multiple
+    return int(model.halo), int(model.pad_multiple)  # the U-Net's halo is already a multiple
 
 
 def normalise(block: np.ndarray, meta: dict, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
