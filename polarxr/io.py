@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -20,6 +21,11 @@ import xarray as xr
 
 #: Creation options of the COGs polarxr writes (they open in QGIS, GDAL and rioxarray).
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": "512", "OVERVIEWS": "AUTO", "BIGTIFF": "IF_SAFER"}
+
+
+#: Names of the temporaries :func:`atomic_path` creates (``.<name>.tmp-XXXXXXXX``, ``.<name>.old-XXXXXXXX``
+#: and what is staged beside them); a run killed mid-write leaves only such names behind.
+TEMPORARY_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}")
 
 
 @contextlib.contextmanager

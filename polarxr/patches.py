@@ -20,20 +20,13 @@ from dask.delayed import Delayed
 from numpy.lib.stride_tricks import sliding_window_view
 
 from polarxr.classes import N_CLASSES, NO_LABEL
+from polarxr.scenes import valid_pixels
 
 if TYPE_CHECKING:
     from polarxr.samplers import PatchPositions
 
 #: Pixel-count keys of a group's labels: the classes, then "no label".
 LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
-
-
-def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
-    """True where any band holds data (not ``nodata``, not NaN), as :func:`polarxr.scenes.valid_mask`."""
-    missing = np.isnan(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        missing |= values == nodata
-    return ~missing.all(axis=band_axis)
 
 
 def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:

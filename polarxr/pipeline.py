@@ -40,6 +40,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from polarxr.errors import ModelError, PolarxrError, SceneError
+from polarxr.io import TEMPORARY_NAME
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
 from polarxr.region import check_intersects, read_region
 
@@ -52,7 +53,6 @@ QUICKLOOK_SUFFIX = "_quicklook.png"
 #: Default chunk edge (px) of the blockwise inference.
 DEFAULT_CHUNK = 2048
 # Names io.atomic_path gives its temporaries: left behind only when a process was killed mid-write.
-_LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}")
 
 
 # --------------------------------------------------------------------------------------------- inbox
@@ -164,7 +164,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     removed = []
     if folder.is_dir():
         for path in folder.iterdir():
-            if _LEFTOVER.match(path.name):
+            if TEMPORARY_NAME.match(path.name):
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
@@ -34,8 +34,7 @@ from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
 from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
 from polarxr.patches import normalise as normalise_patch
-from polarxr.patches import valid_pixels
-from polarxr.scenes import ensure_not_empty, open_scene
+from polarxr.scenes import ensure_not_empty, open_scene, valid_pixels
 
 #: Default chunk edge (px) of blockwise inference; a multiple of every model's downsampling factor.
 DEFAULT_CHUNK = 2048
@@ -58,8 +57,6 @@ class PredictionResult:
     seconds: float = 0.0
     megapixels: float = 0.0
     blocks: int = 0
-    skipped_blocks: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- model

@@ -201,6 +201,14 @@ def valid_mask(scene: xr.DataArray) -> xr.DataArray:
     return valid.drop_vars("band", errors="ignore")
 
 
+def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
+    """True where any band holds data (not ``nodata``, not NaN): :func:`valid_mask` for a numpy block."""
+    missing = np.isnan(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        missing |= values == nodata
+    return ~missing.all(axis=band_axis)
+
+
 def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     """Raise :class:`SceneError` when the scene holds no data at all.
 
@@ -215,10 +223,7 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
         except RasterioError as err:
             raise SceneError(path, f"is corrupt: its pixels cannot be read ({err})") from None
         nodata = src.nodata if src.nodata is not None else (0 if src.dtypes[0] == "uint8" else None)
-    invalid = np.isnan(sample) if np.issubdtype(sample.dtype, np.floating) else np.zeros(sample.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        invalid |= sample == nodata
-    if invalid.all():
+    if not valid_pixels(sample, nodata).any():
         raise SceneError(path, "is empty: every pixel is nodata")
 
 
