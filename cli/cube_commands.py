@@ -169,9 +169,19 @@ def sample(
 
 @app.command("import-patches")
 def import_patches(
-    seed_dir: Annotated[Path, typer.Argument(help="Folder of the seed's patch PNGs (<idx>.png).")],
+    seed_dir: Annotated[Path, typer.Argument(
+        help="Folder of a seed patch set: meta.csv or meta.npy, and <idx>.png there or in images/.")],
     cube: Annotated[Path, typer.Option("--cube", "-o", help="Zarr training cube to create or append to.")] = Path("cube.zarr"),
-    meta: Annotated[Path | None, typer.Option("--meta", help="The seed's meta.npy (default: SEED_DIR/meta.npy).")] = None,
+    split_index: Annotated[str | None, typer.Option(
+        "--split-index", metavar="F | F,F | SPLIT=LO:HI,...", rich_help_panel=SPLIT_PANEL,
+        help="Split by row (the set has no scenes): 0.8 puts the first 80 % of the rows in train and the "
+             "rest in val; 0.7,0.2 train, val and the rest test; or ranges train=0:6000,val=6000:. Each "
+             "range becomes one cube scene NAME[lo:hi].")] = None,
+    max_nodata: Annotated[float, typer.Option(
+        "--max-nodata", min=0.0, max=1.0, help="Flag patches with a larger nodata fraction (pixels 0 in any band): "
+        "kept in the cube, left out of training.")] = 0.5,
+    meta: Annotated[Path | None, typer.Option(
+        "--meta", help="The seed's meta file (default: SEED_DIR/meta.csv or meta.npy; format detected).")] = None,
     scene: Annotated[str | None, typer.Option("--scene", help="Scene name of these patches (default: the folder name).")] = None,
     band_names: Annotated[str | None, typer.Option("--band-names", metavar="A,B,C",
                                                    help="Band names (default: red,green,blue).")] = None,
@@ -179,18 +189,33 @@ def import_patches(
                                       "back into the scene's band order.")] = True,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read a meta.npy of Python objects "
                                                "(the seed's grid layout); only for files you trust.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the scene if already in the cube.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the scene(s) if already in the cube.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="PNG decoding threads (default: CPUs).")] = None,
     split_fractions: SplitFractionsOption = "0.8,0.2,0",
     split: SplitOption = None,
 ) -> None:
-    """Import a patch set made by the seed (PNG patches + meta.npy rows [idx, x, y, label]) into a cube.
+    """Import a patch set made by the seed (PNG patches + meta rows idx x y label) into a cube.
 
-    Dense labels are unknown there (stored as 255); the patch label is the seed's.
+    Dense labels are unknown there (stored as 255); the patch label is the seed's (noisy: its label
+    position is the patch's transpose, recorded in the cube attrs with the PNGs' BGR order).
     """
     from polarxr.seedcompat import import_seed_patches
 
     names = tuple(b.strip() for b in band_names.split(",")) if band_names else None
-    result = import_seed_patches(seed_dir, cube, meta=meta, scene=scene, band_names=names, bgr=bgr,
-                                 allow_pickle=allow_pickle, split=_split_config(split_fractions, split),
-                                 overwrite=overwrite)
-    _summary([result], cube)
+    results = import_seed_patches(seed_dir, cube, meta=meta, scene=scene, band_names=names, bgr=bgr,
+                                  allow_pickle=allow_pickle, split=_split_config(split_fractions, split),
+                                  split_index=split_index, max_nodata=max_nodata, overwrite=overwrite,
+                                  threads=threads)
+    _summary(results, cube)
+    _flag_summary(cube, [r.name for r in results], max_nodata)
+
+
+def _flag_summary(cube: Path, names: list[str], max_nodata: float) -> None:
+    from polarxr.cube import open_cube_group
+
+    root, _ = open_cube_group(cube)
+    records = [r for r in root.attrs.get("scene_records", []) if r["name"] in names]
+    flagged = sum(len(r.get("flagged", [])) for r in records)
+    total = sum(r["count"] for r in records)
+    console.print(f"flagged {flagged} of {total} patches as more than {max_nodata:.0%} nodata: kept in the cube, "
+                  "left out of training and of the counts above", highlight=False)

@@ -73,8 +73,9 @@ class _EpochProgress:
 @app.command("train")
 def train_command(
     cube: Annotated[Path, typer.Option("--cube", help="Zarr training cube (polarxr cube ...).")],
-    model: Annotated[ModelName, typer.Option(
-        "--model", help="unet (segmenter) or patchcnn (seed baseline).")] = ModelName.unet,
+    model: Annotated[ModelName | None, typer.Option(
+        "--model", help="unet (segmenter) or patchcnn (seed baseline); default unet, or the --init "
+        "checkpoint's model.")] = None,
     run_number: Annotated[int, typer.Option(
         "--run-number", help="Run number; names the default run folder.")] = 0,
     epochs: Annotated[int, typer.Option(
@@ -100,6 +101,12 @@ def train_command(
         "--max-steps-per-epoch", min=1, help="Cap batches per epoch.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume", help="Continue from RUN/last.pt when present.")] = True,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="Fine-tune from this checkpoint (its model and weights; the cube must have the same "
+        "bands). Optimizer, schedule and normalisation start afresh from this cube.")] = None,
+    centre_window: Annotated[int | None, typer.Option(
+        "--centre-window", min=1, help="Segmenter on patch labels: supervise the central N x N px with the "
+        "patch label, ignore the rest (default 8 when the cube has no dense labels).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch CPU threads (default: torch's). On a small or busy machine 1 can be "
         "several times faster than more, as OpenMP threads spin-wait for cores.")] = None,
@@ -113,6 +120,8 @@ def train_command(
 
     run_dir = out if out is not None else Path("runs") / f"run{run_number}"
     options = {k: v for k, v in {"width": width, "depth": depth, "pool": pool}.items() if v is not None}
+    if init is not None:
+        options = {k: v for k, v in {"width": width, "depth": depth}.items() if v is not None}
     if model == ModelName.patchcnn:
         options.pop("depth", None)
         options.pop("pool", None)
@@ -121,11 +130,11 @@ def train_command(
 
         torch.set_num_threads(threads)
     with make_progress() as bar:
-        result = train(cube, run_dir, model=str(model), epochs=epochs, batch_size=batch_size, lr=lr,
+        result = train(cube, run_dir, model=None if model is None and init else str(model or "unet"), epochs=epochs, batch_size=batch_size, lr=lr,
                        device=str(device), seed=seed, save_interval=save_interval, run_number=run_number,
-                       resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model)),
-                       model_options=options, schedule=str(schedule))
-    table = Table(title=f"{model} run {run_dir}")
+                       resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model or "model")),
+                       model_options=options, schedule=str(schedule), init=init, centre_window=centre_window)
+    table = Table(title=f"{result.model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]
     for column in columns:

@@ -15,12 +15,20 @@ from polarxr.errors import CubeError
 from polarxr.patches import normalise
 
 
+def flagged_patches(attrs: dict, n: int) -> np.ndarray:
+    """Indices (into the cube's first ``n`` patches) flagged at import: each record's ``flagged`` offsets."""
+    found = [r["start"] + np.asarray(r.get("flagged", []), np.int64) for r in attrs.get("scene_records", [])]
+    flagged = np.concatenate(found) if found else np.zeros(0, np.int64)
+    return flagged[flagged < n]
+
+
 class PatchDataset(Dataset):
     """Patches of one split: ``(image float32 (band, y, x), label int64 (y, x), patch_label int64 ())``.
 
     Images are normalised per band with the cube's ``norm`` (mean/std of the valid train pixels, in the
     scene's units); nodata pixels (every band equal to the cube's nodata value, or NaN) and NaN values
-    become 0, the normalised mean. Labels keep 255 for "no label". With ``augment``, each item gets one of
+    become 0, the normalised mean. ``split`` "all" takes every patch; ``exclude_flagged`` leaves out the
+    patches flagged at import (mostly nodata, :mod:`polarxr.seedcompat`). Labels keep 255 for "no label". With ``augment``, each item gets one of
     the 8 flips/rotations of the square, the same for image and label, drawn from torch's RNG (seeded per
     DataLoader worker by torch).
 
@@ -29,15 +37,19 @@ class PatchDataset(Dataset):
     (``num_workers > 0``, fork or spawn) without carrying an open store.
     """
 
-    def __init__(self, cube_path: str | Path, split: str = "train", augment: bool = False):
+    def __init__(self, cube_path: str | Path, split: str = "train", augment: bool = False,
+                 exclude_flagged: bool = False):
         self.path = Path(cube_path)
         root, n = open_cube_group(self.path)
         attrs = dict(root.attrs)
         mapping = dict(attrs.get("split_codes", SPLIT_CODES))
-        if split not in mapping:
+        if split not in mapping and split != "all":
             raise CubeError(self.path, f"unknown split {split!r}; the cube has {sorted(mapping)}")
         self.split, self.augment = split, augment
-        self.indices = np.flatnonzero(root["split"][:n] == mapping[split])
+        chosen = root["split"][:n] == mapping[split] if split != "all" else np.ones(n, bool)
+        if exclude_flagged:
+            chosen[flagged_patches(attrs, n)] = False
+        self.indices = np.flatnonzero(chosen)
         self.patch_labels = root["patch_label"][:n][self.indices].astype(np.int64)
         norm = attrs.get("norm")
         if not norm or not norm.get("mean"):

@@ -57,6 +57,7 @@ class RunResult:
     log_json: Path
     curves_png: Path
     checkpoints: list[Path] = field(default_factory=list)
+    model: str = "unet"
 
     @property
     def final(self) -> dict:
@@ -217,34 +218,55 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model:
 
 # --------------------------------------------------------------------------------------------- data
 def _cube_info(cube_path: Path) -> dict:
-    """Band names, normalisation, patch size and class counts of a cube; :class:`CubeError` when unusable."""
+    """Band names, normalisation, patch size and class weights of a cube; :class:`CubeError` when unusable.
+
+    Class weights come from the dense label pixels of the train patches (``class_counts``); a cube without
+    dense labels (imported patch sets) weights by its train patch labels (``patch_counts["train"]``, which
+    leave out flagged patches) instead, and ``dense_labels`` is False.
+    """
     from polarxr.cube import open_cube
 
     attrs = dict(open_cube(cube_path).attrs)
     missing = [k for k in ("band_names", "norm", "patch_size", "class_counts") if k not in attrs]
     if missing:
         raise CubeError(cube_path, f"is not a polarxr training cube (attributes {missing} missing)")
+    dense = sum(int(v) for k, v in attrs["class_counts"].items() if str(k) != str(NO_LABEL)) > 0
+    counts = attrs["class_counts"] if dense else attrs.get("patch_counts", {}).get("train", {})
     try:
-        weights = class_weights(attrs["class_counts"])
+        weights = class_weights(counts)
     except ValueError:
-        raise CubeError(cube_path, "has no labelled pixels (was it built from scenes without ice charts?)") from None
+        raise CubeError(cube_path, "has no labelled pixels or patches in its train split (was it built from "
+                                   "scenes without ice charts?)") from None
     return {
         "band_names": [str(b) for b in attrs["band_names"]],
         "norm": {"mean": [float(v) for v in attrs["norm"]["mean"]], "std": [float(v) for v in attrs["norm"]["std"]]},
         "patch_size": int(attrs["patch_size"]),
         "class_weights": weights,
+        "dense_labels": dense,
     }
 
 
 def _datasets(cube_path: Path):
     from polarxr.cube import PatchDataset
 
-    # augmentation is applied batch-wise in the loop, seeded per epoch, so the cube's own flag stays off
-    train_set = PatchDataset(cube_path, split="train", augment=False)
-    val_set = PatchDataset(cube_path, split="val", augment=False)
+    # augmentation is applied batch-wise in the loop, seeded per epoch, so the cube's own flag stays off;
+    # patches flagged at import (mostly nodata) neither train nor score the validation
+    train_set = PatchDataset(cube_path, split="train", augment=False, exclude_flagged=True)
+    val_set = PatchDataset(cube_path, split="val", augment=False, exclude_flagged=True)
     if len(train_set) == 0:
         raise CubeError(cube_path, "has no patches in the 'train' split")
     return train_set, val_set
+
+
+def centre_window_target(patch_label: torch.Tensor, size: int, window: int) -> torch.Tensor:
+    """Dense targets ``(N, size, size)`` from patch labels ``(N,)``: the label in the central ``window`` x
+    ``window`` px, 255 (ignored) elsewhere. Centre-window supervision of a segmenter on a cube without
+    dense labels: the label is only known near the patch centre, and the window stays centred under the
+    flips and rotations of the augmentation."""
+    target = torch.full((len(patch_label), size, size), NO_LABEL, dtype=torch.int64)
+    lo = (size - window) // 2
+    target[:, lo:lo + window, lo:lo + window] = patch_label.long()[:, None, None]
+    return target
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -252,8 +274,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ training
-def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dtype, generator=None):
+def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dtype, generator=None,
+                             centre_window: int | None = None):
     image, label, patch_label = batch
+    if net.dense and centre_window:
+        label = centre_window_target(patch_label, label.shape[-1], centre_window)
     target = label if net.dense else patch_label
     if generator is not None and net.dense:
         image, target = augment_batch(image, target, generator)
@@ -267,14 +292,15 @@ def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dt
 
 
 @torch.no_grad()
-def validate(net: nn.Module, loader: DataLoader, weight: torch.Tensor, device: torch.device, amp_dtype=None) -> dict:
+def validate(net: nn.Module, loader: DataLoader, weight: torch.Tensor, device: torch.device, amp_dtype=None,
+             centre_window: int | None = None) -> dict:
     """Validation loss and :func:`polarxr.evaluate.metrics_from_confusion` scores (pixel-wise for a
     segmenter, patch-wise for the patch classifier)."""
     net.eval()
     cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
     loss_sum, loss_n = 0.0, 0
     for batch in loader:
-        logits, target = _batch_logits_and_target(net, batch, device, amp_dtype)
+        logits, target = _batch_logits_and_target(net, batch, device, amp_dtype, centre_window=centre_window)
         loss_sum += float(weighted_cross_entropy(logits, target, weight)) * len(target)
         loss_n += len(target)
         cm += confusion_matrix(logits.argmax(1).cpu().numpy(), target.cpu().numpy())
@@ -337,6 +363,29 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 
 SCHEDULES = ("cosine", "constant")
+#: Default centre window (px) of a segmenter trained on patch labels only.
+CENTRE_WINDOW = 8
+
+
+def _init_state(init: str | Path, model: str | None, model_options: dict | None) -> dict:
+    """The checkpoint to fine-tune from; :class:`ModelError` when it is not usable for ``model``."""
+    state = read_checkpoint(init, "cpu", model)
+    config = state["model_config"]
+    clash = {k: v for k, v in (model_options or {}).items() if k in config and config[k] != v}
+    if clash:
+        raise ModelError(init, f"fine-tuning keeps the checkpoint's model {config}; options {clash} differ "
+                               "(leave them out)")
+    return state
+
+
+def _check_init(init: str | Path, state: dict, info: dict) -> None:
+    if list(state["band_names"]) != info["band_names"]:
+        raise ModelError(init, f"was trained on bands {state['band_names']}, the cube has {info['band_names']}: "
+                               "fine-tuning needs the same bands in the same order")
+    size = state["model_config"].get("patch_size")
+    if size is not None and size != info["patch_size"]:
+        raise ModelError(init, f"holds a patch classifier of {size} px patches, the cube's are "
+                               f"{info['patch_size']} px")
 
 
 def learning_rate(base: float, step: int, total: int, schedule: str = "cosine") -> float:
@@ -360,7 +409,7 @@ def _model_config(model: str, info: dict, model_options: dict | None) -> dict:
 def train(
     cube_path: str | Path,
     out_dir: str | Path,
-    model: str = "unet",
+    model: str | None = "unet",
     epochs: int = 3,
     batch_size: int = 28,
     lr: float = 1e-3,
@@ -374,6 +423,8 @@ def train(
     model_options: dict | None = None,
     weight_decay: float = 1e-4,
     schedule: str = "cosine",
+    init: str | Path | None = None,
+    centre_window: int | None = None,
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
@@ -384,7 +435,19 @@ def train(
     ``lr`` decayed per step by ``schedule`` ("cosine" over all epochs, or "constant"). With ``resume`` and
     an existing ``last.pt`` of the same model, training continues after its epoch. ``max_steps_per_epoch``
     caps the batches per epoch (quick runs).
+
+    ``init``: fine-tune from this checkpoint: its model and config (``model`` None takes them; another
+    ``model`` or conflicting ``model_options`` are an error), its weights; the cube must have the same
+    bands (and, for the patch classifier, patch size). The optimizer, schedule and normalisation start
+    afresh from this cube's. A run that resumes from its own ``last.pt`` ignores ``init``.
+
+    ``centre_window``: train a segmenter on patch labels, the label in the central ``centre_window`` px
+    square, 255 elsewhere (:func:`centre_window_target`); default: 8 when the cube has no dense labels
+    (imported patch sets), else off (dense labels).
     """
+    init_state = _init_state(init, model, model_options) if init is not None else None
+    if model is None:
+        model = init_state["model_config"]["name"] if init_state else "unet"
     if model not in MODELS:
         raise ModelError(None, f"unknown model {model!r}; known models: {', '.join(MODELS)}")
     if epochs < 1 or batch_size < 1 or save_interval < 1 or not lr > 0:
@@ -401,9 +464,20 @@ def train(
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    config = _model_config(model, info, model_options)
+    config = init_state["model_config"] if init_state else _model_config(model, info, model_options)
+    if init_state:
+        _check_init(init, init_state, info)
     torch.manual_seed(seed)
     net = build_model(config).to(dev)
+    if init_state:
+        net.load_state_dict(init_state["state_dict"])
+    if net.dense and centre_window is None and not info["dense_labels"]:
+        centre_window = CENTRE_WINDOW
+    if centre_window is not None and not 1 <= centre_window <= info["patch_size"]:
+        raise PolarxrError(None, f"centre window {centre_window} px must be between 1 and the patch size "
+                                 f"{info['patch_size']} px")
+    if not net.dense:
+        centre_window = None  # the patch classifier always trains on patch labels
     if net.dense and info["patch_size"] % net.pad_multiple:
         raise ModelError(cube_path, f"patch size {info['patch_size']} px is not a multiple of the U-Net's "
                                f"{net.pad_multiple} (2**depth); use a smaller depth or another patch size")
@@ -436,7 +510,9 @@ def train(
             "seed": seed, "run_number": run_number, "cube": str(cube_path),
             "class_weights": info["class_weights"].tolist(),
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
-                         "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch}}
+                         "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
+                         "init": None if init is None else str(init),
+                         "centre_window": centre_window}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -452,7 +528,7 @@ def train(
             step_lr = learning_rate(lr, (epoch - 1) * steps + step - 1, epochs * steps, schedule)
             for group in optimizer.param_groups:
                 group["lr"] = step_lr
-            logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment)
+            logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment, centre_window)
             loss = weighted_cross_entropy(logits, target, weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -464,7 +540,7 @@ def train(
                 progress("step", {"epoch": epoch, "step": step, "loss": loss.item()})
             if step >= steps:
                 break
-        val = validate(net, val_loader, weight, dev, amp_dtype) if val_loader else None
+        val = validate(net, val_loader, weight, dev, amp_dtype, centre_window) if val_loader else None
         record = _log_record(epoch, loss_sum / max(n_seen, 1), val, step_lr, time.perf_counter() - tic, step)
         history.append(record)
         state = make_checkpoint(net, optimizer=optimizer, epoch=epoch, history=history, **meta)
@@ -486,4 +562,5 @@ def train(
                      best_checkpoint=best_path if best_path.exists() else None, history=history,
                      start_epoch=start_epoch, epochs=epochs, device=str(dev), log_csv=csv_path,
                      log_json=json_path, curves_png=png_path,
-                     checkpoints=sorted(set(checkpoints), key=lambda p: int(p.stem.removeprefix("checkpoint_epoch"))))
+                     checkpoints=sorted(set(checkpoints), key=lambda p: int(p.stem.removeprefix("checkpoint_epoch"))),
+                     model=model)

@@ -292,7 +292,7 @@ def test_import_seed_patches(tmp_path):
     folder = tmp_path / "polar-patch"
     patches, rows = _seed_folder(folder)
     cube = tmp_path / "seed.zarr"
-    result = import_seed_patches(folder, cube)
+    [result] = import_seed_patches(folder, cube)
     assert result.status == "added" and result.patches == 5 and result.patch_counts == {"0": 2, "1": 2, "2": 1}
     ds = open_cube(cube)
     np.testing.assert_array_equal(ds.image.values, patches)  # bands back in the scene's order
@@ -302,7 +302,7 @@ def test_import_seed_patches(tmp_path):
     np.testing.assert_array_equal(ds.col.values, [r[2] for r in rows])
     assert set(ds.scene.values) == {"polar-patch"} and ds.attrs["band_names"] == ["red", "green", "blue"]
     assert np.isnan(ds.x_centre.values).all() and ds.attrs["crs"] is None
-    assert import_seed_patches(folder, cube).status == "skipped"
+    assert import_seed_patches(folder, cube)[0].status == "skipped"
     assert open_cube(cube).sizes["patch"] == 5
 
     grid = tmp_path / "grid-set"
@@ -310,7 +310,7 @@ def test_import_seed_patches(tmp_path):
     with pytest.raises(CubeError, match="holds Python objects.*allow_pickle") as err:
         import_seed_patches(grid, cube)
     assert "meta.npy" in str(err.value)
-    assert import_seed_patches(grid, cube, allow_pickle=True).patches == 5
+    assert import_seed_patches(grid, cube, allow_pickle=True)[0].patches == 5
     assert open_cube(cube).attrs["scenes"] == ["polar-patch", "grid-set"]
 
 
