@@ -28,6 +28,12 @@ from polarxr.cluster import get_client
 
 CLUSTER_PANEL = "Cluster"
 
+#: ``--class-map`` of the commands that read ice charts (polarxr.labels.read_chart).
+ClassMapOption = Annotated[str | None, typer.Option(
+    "--class-map", metavar="CODE=L|W|I|nodata,...",
+    help="Map chart poly_type codes to classes, e.g. S=L,N=nodata (the default: SIGRID-3 S ice shelf -> "
+         "land, N no data -> no label; L, W, I as themselves).")]
+
 
 class ClusterKind(StrEnum):
     """Kinds of cluster a command can start on this machine."""

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polarxr.cli.app import app
+from polarxr.cli.options import ClassMapOption
 
 console = Console()
 
@@ -42,13 +43,14 @@ def rasterize(
     out: Path = typer.Option(..., "--out", "-o", help="Output labels: .tif (COG) or .zarr."),
     chunk: int = typer.Option(None, help="Chunk edge in pixels (default: multiples of the file's tiles near 2048)."),
     quicklook: Path = typer.Option(None, help="Also write a PNG of the scene with the chart overlaid."),
+    class_map: ClassMapOption = None,
 ) -> None:
     """Rasterize an ice chart onto a scene's grid: uint8 labels L=0, W=1, I=2, 255 no label / nodata."""
     from polarxr.io import write_cog, write_zarr
     from polarxr.labels import labels_for_scene
     from polarxr.progress import dask_progress
 
-    data, labels = labels_for_scene(scene, chart, chunks=chunk)
+    data, labels = labels_for_scene(scene, chart, chunks=chunk, class_map=class_map)
     with dask_progress(f"rasterizing {chart.name}"):
         if out.suffix == ".zarr":
             write_zarr(labels, out)

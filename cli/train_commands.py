@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from polarxr.cli.app import app
-from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
-                                 client_from_options)
+from polarxr.cli.options import (ClassMapOption, ClusterKind, ClusterOption, SchedulerOption, TlsDirOption,
+                                 WorkersOption, client_from_options)
 
 console = Console()
 
@@ -156,6 +156,7 @@ def evaluate_command(
     chunk: Annotated[int | None, typer.Option(
         "--chunk", min=64, help="Chunk edge in px (default: file tiles near 2048).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+    class_map: ClassMapOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -171,7 +172,7 @@ def evaluate_command(
     from polarxr.progress import dask_progress
 
     with client_from_options(cluster, scheduler, workers, tls_dir), dask_progress(f"evaluating {prediction.name}"):
-        metrics = evaluate_prediction(prediction, chart, chunks=chunk)
+        metrics = evaluate_prediction(prediction, chart, chunks=chunk, class_map=class_map)
     console.print(format_metrics_table(metrics, title=f"{prediction.name} vs {chart.name}"))
     if json_out is not None:
         with atomic_path(json_out) as tmp:

@@ -346,7 +346,7 @@ class _Prepared:
 
 
 def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, reference: CubeLayout | None,
-             cube_path: Path) -> tuple[list[_Prepared], CubeLayout]:
+             cube_path: Path, class_map: str | dict | None = None) -> tuple[list[_Prepared], CubeLayout]:
     """Open every scene (headers only) and set up the rasterization of its chart (read, reprojected, checked
     to overlap the scene; no pixels yet), checking they all fit one cube; writes nothing."""
     from polarxr.labels import rasterize_chart
@@ -362,7 +362,7 @@ def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, ref
             reference.check_matches(layout, scene_path, f"scene {scene_path.name} of cube {cube_path}")
         check_patch_fits(sampler, scene.shape[1:], scene.chunks[1:], scene_path)
         # rasterized onto one band's grid: the scene's nodata is applied with the patches (one read)
-        prepared.append(_Prepared(scene_path, scene, rasterize_chart(chart_path, scene.isel(band=0))))
+        prepared.append(_Prepared(scene_path, scene, rasterize_chart(chart_path, scene.isel(band=0), class_map)))
     return prepared, reference
 
 
@@ -432,8 +432,11 @@ def plan_cube(
     *,
     overwrite: bool = False,
     chunks: dict[str, int] | int | None = None,
+    class_map: str | dict | None = None,
 ) -> CubeBuild:
-    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes nothing."""
+    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes nothing.
+
+    ``class_map`` maps chart codes as :func:`polarxr.labels.read_chart`."""
     cube_path = Path(cube_path)
     sampler.validate(cube_path)
     split.validate(cube_path)
@@ -445,7 +448,7 @@ def plan_cube(
     committed = {r["name"]: r for r in records}
     todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
     _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)
-    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path)
+    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path, class_map)
     return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout)
 
 

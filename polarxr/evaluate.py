@@ -107,12 +107,13 @@ def metrics_from_confusion(cm, class_names: list[str] | None = None) -> dict:
     }
 
 
-def evaluate_prediction(pred_tif: str | Path, chart_shp: str | Path, chunks: int | dict | None = None) -> dict:
+def evaluate_prediction(pred_tif: str | Path, chart_shp: str | Path, chunks: int | dict | None = None,
+                        class_map: str | dict | None = None) -> dict:
     """Metrics of a class-map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata) against an ice chart shapefile.
 
     The class map is opened lazily (chunks as :func:`polarxr.scenes.open_scene`); the chart is rasterized
     block by block onto its exact grid and CRS. Pixels with no prediction (255) or no chart polygon are left
-    out. Returns :func:`metrics_from_confusion`'s dict plus ``prediction`` and ``chart`` paths.
+    out. ``class_map`` as :func:`polarxr.labels.read_chart`. Returns :func:`metrics_from_confusion`'s dict plus ``prediction`` and ``chart`` paths.
     """
     from polarxr.labels import rasterize_chart
     from polarxr.scenes import open_scene
@@ -122,7 +123,7 @@ def evaluate_prediction(pred_tif: str | Path, chart_shp: str | Path, chunks: int
         raise SceneError(pred_tif, f"is not a class map: expected 1 integer band, found {classes.sizes['band']} "
                                    f"band(s) of {classes.dtype}")
     classes = classes.isel(band=0, drop=True)
-    truth = rasterize_chart(chart_shp, classes)
+    truth = rasterize_chart(chart_shp, classes, class_map)
     metrics = metrics_from_confusion(np.asarray(confusion_matrix(classes.data, truth.data).compute()))
     metrics.update(prediction=str(pred_tif), chart=str(chart_shp))
     return metrics

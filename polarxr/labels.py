@@ -1,4 +1,6 @@
-"""Ice charts: read and validate shapefiles, and rasterize them chunk-aligned onto a scene's grid.
+"""Ice charts: read and validate them (shapefile, GeoPackage, GeoJSON; the ExtremeEarth charts' ``poly_type``
+and operational SIGRID-3 charts' ``POLY_TYPE`` with codes I / L / W / S / N, in any CRS), and rasterize them
+chunk-aligned onto a scene's grid.
 
 Label codes (:mod:`polarxr.classes`): land 0, water/sea 1, ice 2, 255 = no label (outside every polygon,
 or where the scene has no data).
@@ -39,30 +41,72 @@ OVERLAP_PRIORITY: tuple[int, ...] = (WATER, ICE, LAND)
 EGG_CODE_COLUMNS: tuple[str, ...] = ("CA", "SA", "FA", "CB", "SB", "FB", "CT")
 
 
-def read_chart(path: str | Path, crs: CRS | str | None = None) -> gpd.GeoDataFrame:
-    """Read and validate an ice chart shapefile; optionally reproject it to ``crs``.
+#: SIGRID-3 ``POLY_TYPE`` letters -> label code (None: no data, the polygon is dropped). ``S`` (ice shelf:
+#: floating glacier ice, attached to the land and charted with it) counts as land by default, since polarxr's
+#: ice class is sea ice; ``N`` (no data: not charted) gives no label. Override with ``class_map``.
+CHART_CODES: dict[str, int | None] = {**CLASS_CODES, "S": LAND, "N": None}
+#: Targets a ``class_map`` may name: a class letter, or no data.
+_TARGETS: dict[str, int | None] = {**CLASS_CODES, "NODATA": None, "NONE": None, "255": None}
 
-    Returns the polygons with an added ``class_code`` column (uint8, L=0 W=1 I=2). Invalid geometries
-    are repaired with ``make_valid`` (keeping their polygonal parts); empty geometries are dropped.
-    Raises :class:`ChartError` for an unreadable file, a missing ``poly_type``, unknown class codes,
-    a chart without polygons or without a CRS, or a CRS that cannot be transformed to ``crs``.
+
+def parse_class_map(text: str | dict | None, where: object = None) -> dict[str, int | None]:
+    """``"S=L,N=nodata"`` (or a dict of letters) -> ``{letter: code or None}`` overriding :data:`CHART_CODES`."""
+    if not text:
+        return {}
+    items = text.items() if isinstance(text, dict) else (item.partition("=")[::2] for item in str(text).split(","))
+    out = {}
+    for letter, target in items:
+        letter, key = str(letter).strip().upper(), str(target).strip().upper()
+        if not letter or key not in _TARGETS:
+            raise ChartError(where, f"class map item {letter}={target} is not CODE=L, W, I or nodata")
+        out[letter] = _TARGETS[key]
+    return out
+
+
+def _poly_type_column(chart: gpd.GeoDataFrame, path: Path) -> str:
+    """The chart's ``poly_type`` column, in any spelling (SIGRID-3 writes ``POLY_TYPE``)."""
+    found = [c for c in chart.columns if str(c).lower() == "poly_type"]
+    if not found:
+        raise ChartError(path, f"has no 'poly_type' column (any case; columns: {', '.join(map(str, chart.columns))})")
+    if len(found) > 1:
+        raise ChartError(path, f"has several poly_type columns {found}")
+    return found[0]
+
+
+def read_chart(path: str | Path, crs: CRS | str | None = None,
+               class_map: str | dict | None = None) -> gpd.GeoDataFrame:
+    """Read and validate an ice chart (shapefile, GeoPackage or GeoJSON, any CRS); optionally reproject it.
+
+    The class column is ``poly_type`` in any case (``POLY_TYPE`` in SIGRID-3). Letters map by
+    :data:`CHART_CODES` (L, W, I; S ice shelf -> land; N no data -> dropped), overridden by ``class_map``
+    (``"S=I,N=nodata"`` or a dict). Returns the polygons with an added ``class_code`` column (uint8, L=0
+    W=1 I=2). Invalid geometries are repaired with ``make_valid`` (keeping their polygonal parts); empty
+    geometries are dropped. Raises :class:`ChartError` for an unreadable file, a missing ``poly_type``,
+    unknown class codes, a chart without polygons or without a CRS, or a CRS that cannot be transformed to
+    ``crs``.
     """
     path = Path(path)
+    codes = {**CHART_CODES, **parse_class_map(class_map, path)}
     chart = read_vector_file(path, ChartError)
-    if "poly_type" not in chart.columns:
-        raise ChartError(path, f"has no 'poly_type' column (columns: {', '.join(map(str, chart.columns))})")
+    column = _poly_type_column(chart, path)
     chart = chart[chart.geometry.notna() & ~chart.geometry.is_empty].copy()
     if chart.empty:
         raise ChartError(path, "is empty: no polygons")
-    letters = chart["poly_type"].astype(str).str.strip().str.upper()
-    unknown = sorted(set(letters) - set(CLASS_CODES))
+    letters = chart[column].astype(str).str.strip().str.upper()
+    unknown = sorted(set(letters) - set(codes))
     if unknown:
-        raise ChartError(path, f"unknown poly_type codes {unknown}; expected L (land), W (water) or I (ice)")
-    chart["class_code"] = letters.map(CLASS_CODES).astype(np.uint8)
-    chart["geometry"] = _repair(chart.geometry)
-    chart = chart[~chart.geometry.is_empty]
+        known = ", ".join(f"{k}={'nodata' if v is None else 'LWI'[v]}" for k, v in codes.items())
+        raise ChartError(path, f"unknown poly_type codes {unknown}; known: {known} (map others with "
+                               "--class-map CODE=L|W|I|nodata)")
     if chart.crs is None:
         raise ChartError(path, "has no CRS (.prj missing); charts must carry their projection")
+    mapped = letters.map(codes)
+    chart = chart[mapped.notna()].copy()
+    if chart.empty:
+        raise ChartError(path, "holds only polygons without data (poly_type mapped to nodata)")
+    chart["class_code"] = mapped[mapped.notna()].astype(np.uint8)
+    chart["geometry"] = _repair(chart.geometry)
+    chart = chart[~chart.geometry.is_empty]
     if crs is not None:
         chart = reproject_chart(chart, crs, path)
     chart.attrs["source"] = str(path)
@@ -134,18 +178,20 @@ def _rasterize_block(shapes: np.ndarray, transform: Affine, block_info: dict | N
     )
 
 
-def rasterize_chart(chart: gpd.GeoDataFrame | str | Path, scene: xr.DataArray) -> xr.DataArray:
+def rasterize_chart(chart: gpd.GeoDataFrame | str | Path, scene: xr.DataArray,
+                    class_map: str | dict | None = None) -> xr.DataArray:
     """Rasterize an ice chart onto the exact grid of ``scene``, lazily and chunk-aligned.
 
     ``scene`` is a ``DataArray(band, y, x)`` or ``(y, x)`` with a CRS (rioxarray); the chart is reprojected
     to that CRS. Returns ``DataArray(y, x)`` uint8 with the scene's coordinates, CRS and y/x chunks:
     L=0, W=1, I=2, 255 where no polygon covers a pixel centre or where the scene has no data.
-    Each block is rasterized from only the polygons intersecting it.
+    Each block is rasterized from only the polygons intersecting it. ``class_map`` as :func:`read_chart`
+    (for a chart given as a path).
     """
     if scene.rio.crs is None:
         raise ChartError(scene.attrs.get("source"), "the scene has no CRS to rasterize the chart onto")
     if not isinstance(chart, gpd.GeoDataFrame):
-        chart = read_chart(chart)
+        chart = read_chart(chart, class_map=class_map)
     source = chart.attrs.get("source")
     chart = reproject_chart(chart, scene.rio.crs, source)
     _ensure_overlap(chart, scene, source)
@@ -195,8 +241,9 @@ def _ensure_overlap(chart: gpd.GeoDataFrame, scene: xr.DataArray, source: str | 
 
 
 def labels_for_scene(
-    scene_path: str | Path, chart_path: str | Path, chunks: dict[str, int] | int | None = None
+    scene_path: str | Path, chart_path: str | Path, chunks: dict[str, int] | int | None = None,
+    class_map: str | dict | None = None,
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Open a scene lazily and rasterize its chart onto it: ``(scene(band, y, x), labels(y, x))``."""
     scene = open_scene(scene_path, chunks=chunks)
-    return scene, rasterize_chart(chart_path, scene)
+    return scene, rasterize_chart(chart_path, scene, class_map)
