@@ -22,6 +22,13 @@ class Product(StrEnum):
     float = "float"
 
 
+class Rendering(StrEnum):
+    """How synthetic backscatter becomes the product (polarxr.synthetic.RENDERINGS)."""
+
+    linear = "linear"
+    calibrated = "calibrated"
+
+
 @app.command()
 def synth(
     outdir: Annotated[Path, typer.Argument(help="Folder for the scene GeoTIFFs and chart shapefiles (created).")],
@@ -38,6 +45,9 @@ def synth(
         "instead of scenes at different places, one per month.")] = False,
     quicklook: Annotated[bool, typer.Option(
         "--quicklook", help="Also write a PNG of each scene with its chart.")] = False,
+    rendering: Annotated[Rendering, typer.Option(
+        "--rendering", help="linear: the original dB-linear 8-bit rendering; calibrated: DN curves fitted to the "
+        "real ExtremeEarth patches plus domain randomisation (gain, looks, incidence slope).")] = Rendering.linear,
 ) -> None:
     """Write synthetic S1 EW scenes (polar stereographic, 40 m) with matching ice charts, and truth.csv.
 
@@ -52,7 +62,7 @@ def synth(
         task = progress.add_task(f"generating {scenes} scene(s) of {size[0]} x {size[1]} px",
                                  total=scenes * window_count(size))
         made = maker(outdir, scenes, size=size, seed=seed, product=product.value,
-                     progress=lambda: progress.advance(task))
+                     progress=lambda: progress.advance(task), rendering=str(rendering))
     table = truth_table(made)
     with atomic_path(outdir / "truth.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -95,7 +95,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -138,6 +138,44 @@ SUBSWATH_NESZ_DB = (-24.5, -27.5, -27.0, -28.0, -28.5)
 #: Ice extent at and above which the fjords hold fast ice.
 FAST_ICE_EXTENT = 0.35
 PRODUCTS = ("8bit", "float")
+#: ``linear``: the 8-bit product by :data:`DN_SCALING`, fixed acquisition physics (the original rendering,
+#: kept as the default so that existing figures reproduce). ``calibrated``: the 8-bit product by
+#: :data:`DN_CURVES`, fitted to the real ExtremeEarth patches, and domain randomisation by
+#: :data:`RANDOMISATION` (both products) where the real product's processing is unknown.
+RENDERINGS = ("linear", "calibrated")
+#: Calibrated 8-bit rendering: per band, knots ``(dB, DN)`` of a monotone piecewise-linear curve, fitted by
+#: ``benchmarks/synth_calibration.py`` so that the synthetic pixels (classes mixed in the real patches'
+#: proportions) have the real patches' DN quantiles (polar-patch, train rows, pixels with data).
+DN_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "HH": (
+        (-23.83, -23.08, -21.61, -20.71, -20.15, -19.62, -19.04, -18.51, -18.0, -17.5, -17.03, -16.57,
+         -16.16, -15.83, -15.55, -15.3, -15.07, -14.86, -14.64, -14.42, -14.19, -13.96, -13.72, -13.47,
+         -13.23, -12.99, -12.75, -12.5, -12.21, -11.86, -11.4, -10.8, -9.95, -8.65, -7.13, -5.56, -3.92),
+        (5, 6, 9, 14, 18, 21, 24, 28, 32, 36, 41, 45, 49, 52, 56, 59, 63, 66, 69, 72, 75, 79, 82, 86, 90,
+         95, 100, 107, 115, 125, 139, 161, 193, 237, 255, 255, 255),
+    ),
+    "HV": (
+        (-27.52, -27.0, -26.4, -25.93, -25.6, -25.31, -25.03, -24.76, -24.49, -24.2, -23.92, -23.63, -23.37,
+         -23.12, -22.89, -22.69, -22.5, -22.33, -22.17, -22.01, -21.85, -21.68, -21.49, -21.28, -21.05,
+         -20.77, -20.45, -20.1, -19.71, -19.25, -18.75, -17.91, -16.58, -15.38, -14.11, -12.86, -11.59),
+        (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 19, 21, 22, 24, 26, 27, 29, 31, 33, 36, 38, 42, 45,
+         49, 54, 59, 66, 74, 86, 108, 188, 255, 255, 255),
+    ),
+    "HH-HV": (
+        (2.36, 3.11, 3.94, 4.61, 5.01, 5.31, 5.53, 5.72, 5.87, 6.01, 6.13, 6.24, 6.35, 6.45, 6.55, 6.65,
+         6.74, 6.84, 6.93, 7.03, 7.13, 7.23, 7.33, 7.44, 7.56, 7.69, 7.82, 7.96, 8.12, 8.31, 8.51, 8.75,
+         9.02, 9.35, 9.84, 10.71, 11.62),
+        (1, 2, 3, 5, 7, 10, 12, 15, 17, 20, 23, 26, 29, 32, 35, 38, 40, 43, 46, 49, 52, 55, 58, 62, 66, 71,
+         77, 85, 97, 114, 136, 168, 224, 255, 255, 255, 255),
+    ),
+}
+#: Domain randomisation of the calibrated rendering, uniform per acquisition: a gain of the whole product
+#: (dB: calibration and DN scaling unknown), the equivalent number of looks, a factor on every class's
+#: incidence-angle slope, and the width (px, Gaussian sigma) of a speckle filter on the intensities: the
+#: real products are speckle filtered ("Spk" in their names): neighbouring pixels of the real patches
+#: correlate at 0.95 (lag 1) and 0.86 (lag 2) within a patch, the linear rendering's at 0.14-0.5.
+RANDOMISATION: dict[str, tuple[float, float]] = {"gain_db": (-1.5, 1.5), "looks": (2.5, 6.0), "slope_scale": (0.5, 1.5),
+                                                 "filter_px": (1.5, 3.0)}
 
 # Points along the East Greenland coast (lat, lon), south to north; scenes are placed along this line.
 _COAST_LATLON = ((65.6, -37.6), (67.0, -33.0), (68.5, -29.0), (69.5, -24.5), (70.5, -22.0), (72.5, -22.0),
@@ -585,6 +623,20 @@ class _Acquisition:
     keys: dict[str, int]
     scallop_period: np.ndarray
     scallop_phase: np.ndarray
+    rendering: str = "linear"
+    gain_db: float = 0.0
+    slope_scale: float = 1.0
+    filter_px: float = 0.0
+
+
+def _randomised(acq: _Acquisition, rendering: str) -> _Acquisition:
+    """``acq`` with the domain randomisation of ``rendering`` (its own random stream, so that the linear
+    rendering's draws stay as they were)."""
+    if rendering == "linear":
+        return acq
+    rng = np.random.default_rng(np.random.SeedSequence([acq.seed, 7]))
+    draw = {k: float(rng.uniform(*RANDOMISATION[k])) for k in ("gain_db", "looks", "slope_scale", "filter_px")}
+    return replace(acq, rendering=rendering, **draw)
 
 
 def _acquisition(seed: int, topo_key: int, start: datetime) -> _Acquisition:
@@ -683,7 +735,7 @@ def _render(truth_geometry: _Truth, acq: _Acquisition, window: Window, rng: np.r
     if not valid.any():
         return hh, hv, truth
     theta = INCIDENCE[0] + (INCIDENCE[1] - INCIDENCE[0]) * r
-    dtheta = theta - np.float32(INCIDENCE_REF)
+    dtheta = (theta - np.float32(INCIDENCE_REF)) * np.float32(acq.slope_scale)
     models = {WATER: lambda: _sea(acq, rows, cols, dtheta),
               ICE: lambda: _ice_backscatter(acq, rows, cols, dtheta),
               LAND: lambda: _land(acq, swath, rows, cols, dtheta)}
@@ -698,13 +750,34 @@ def _render(truth_geometry: _Truth, acq: _Acquisition, window: Window, rng: np.r
     nesz = _noise_floor(acq, r, a)
     hh = (np.power(np.float32(10), hh / 10) + nesz) * speckle_hh
     hv = (np.power(np.float32(10), hv / 10) + nesz) * speckle_hv
+    if acq.gain_db:
+        gain = np.float32(10 ** (acq.gain_db / 10))
+        hh, hv = hh * gain, hv * gain
+    if acq.filter_px:
+        hh, hv = _speckle_filter(hh, acq.filter_px), _speckle_filter(hv, acq.filter_px)
     return hh, hv, truth
 
 
-def _to_dn(db: np.ndarray, band: str) -> np.ndarray:
-    """dB to DN 1..255 by :data:`DN_SCALING`; NaN (no data) to 0."""
-    lo, hi = DN_SCALING[band]
-    dn = np.clip(np.rint(1 + 254 * (db - lo) / (hi - lo)), 1, 255)
+def _speckle_filter(intensity: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of a window's intensities over its valid pixels (NaN stays NaN). Within the
+    window only: at window edges the filter sees the edge pixels repeated, a faint seam every 1024 px."""
+    from scipy.ndimage import gaussian_filter
+
+    valid = np.isfinite(intensity)
+    num = gaussian_filter(np.where(valid, intensity, 0).astype(np.float32), sigma, mode="nearest")
+    den = gaussian_filter(valid.astype(np.float32), sigma, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid, num / den, np.nan).astype(np.float32)
+
+
+def _to_dn(db: np.ndarray, band: str, rendering: str = "linear") -> np.ndarray:
+    """dB to DN 1..255 by :data:`DN_SCALING` (linear) or :data:`DN_CURVES` (calibrated); NaN (no data) to 0."""
+    if rendering == "calibrated":
+        knots_db, knots_dn = DN_CURVES[band]
+        dn = np.clip(np.rint(np.interp(db, knots_db, knots_dn)), 1, 255)
+    else:
+        lo, hi = DN_SCALING[band]
+        dn = np.clip(np.rint(1 + 254 * (db - lo) / (hi - lo)), 1, 255)
     return np.where(np.isnan(db), 0, dn).astype(np.uint8)
 
 
@@ -781,7 +854,8 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
             if product == "8bit":
                 with np.errstate(divide="ignore", invalid="ignore"):
                     hh_db, hv_db = 10 * np.log10(hh), 10 * np.log10(hv)
-                data = np.stack([_to_dn(hh_db, "HH"), _to_dn(hv_db, "HV"), _to_dn(hh_db - hv_db, "HH-HV")])
+                data = np.stack([_to_dn(hh_db, "HH", acq.rendering), _to_dn(hv_db, "HV", acq.rendering),
+                                 _to_dn(hh_db - hv_db, "HH-HV", acq.rendering)])
             else:
                 data = np.stack([hh, hv])
             dst.write(data, window=window)
@@ -791,7 +865,12 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
         if factors:
             dst.build_overviews(factors, Resampling.average)
             dst.update_tags(ns="rio_overview", resampling="average")
-        if product == "8bit":
+        if product == "8bit" and acq.rendering == "calibrated":
+            for index, band in enumerate(bands, start=1):
+                dst.update_tags(index, DN_CURVE_DB=",".join(map(str, DN_CURVES[band][0])),
+                                DN_CURVE_DN=",".join(map(str, DN_CURVES[band][1])))
+            tags["DN_SCALING"] = "DN = clip(round(interp(dB, DN_CURVE_DB, DN_CURVE_DN)), 1, 255); 0 = no data"
+        elif product == "8bit":
             for index, band in enumerate(bands, start=1):
                 dst.update_tags(index, DB_MIN=str(DN_SCALING[band][0]), DB_MAX=str(DN_SCALING[band][1]))
             tags["DN_SCALING"] = "DN = clip(round(1 + 254 * (dB - DB_MIN) / (DB_MAX - DB_MIN)), 1, 255); 0 = no data"
@@ -854,7 +933,10 @@ def _write_chart(frame: gpd.GeoDataFrame, path: Path) -> None:
 # Public API
 # --------------------------------------------------------------------------------------------------
 
-def _check(outdir: Path, size: tuple[int, int], product: str, ice_extent: float | None) -> tuple[int, int]:
+def _check(outdir: Path, size: tuple[int, int], product: str, ice_extent: float | None,
+           rendering: str = "linear") -> tuple[int, int]:
+    if rendering not in RENDERINGS:
+        raise PolarxrError(outdir, f"unknown rendering {rendering!r}; expected one of {', '.join(RENDERINGS)}")
     if product not in PRODUCTS:
         raise PolarxrError(outdir, f"unknown product {product!r}; expected one of {', '.join(PRODUCTS)}")
     if len(size) != 2 or min(size) < 64:
@@ -870,7 +952,7 @@ def _derive(seed: int, index: int) -> int:
 
 
 def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], start: datetime, product: str,
-          ice_extent: float, progress: Callable[[], None] | None) -> SyntheticScene:
+          ice_extent: float, progress: Callable[[], None] | None, rendering: str = "linear") -> SyntheticScene:
     outdir.mkdir(parents=True, exist_ok=True)
     fp_rng = np.random.default_rng(np.random.SeedSequence([footprint_seed, 1]))
     fp = _footprint(size, fp_rng)
@@ -881,12 +963,15 @@ def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], s
                    land=_Layer([fp.to_map(coast.land)], LAND),
                    bergs=_Layer([fp.to_map(g) for g in ice.bergs], 1))
     topo_key = int(np.random.SeedSequence([footprint_seed, 4]).generate_state(1, np.uint64)[0])
-    acq = _acquisition(seed, topo_key, start)
+    acq = _randomised(_acquisition(seed, topo_key, start), rendering)
     # one footprint is one relative orbit of one mission: a repeat-pass sequence keeps its mission
     scene_path = outdir / product_name(start, seed, product, _mission(footprint_seed))
     chart_path = outdir / chart_name_for(start)
     tags = {"POLARXR_SYNTHETIC": "1", "SEED": str(seed), "FOOTPRINT_SEED": str(footprint_seed),
-            "ICE_EXTENT": f"{ice_extent:.4f}", "LOOKS": f"{acq.looks:.3f}"}
+            "ICE_EXTENT": f"{ice_extent:.4f}", "LOOKS": f"{acq.looks:.3f}", "RENDERING": acq.rendering}
+    if rendering != "linear":
+        tags.update(GAIN_DB=f"{acq.gain_db:.3f}", SLOPE_SCALE=f"{acq.slope_scale:.3f}",
+                    SPECKLE_FILTER_PX=f"{acq.filter_px:.3f}")
     counts = _write_raster(scene_path, truth, acq, product, tags, progress)
     _write_chart(_chart_frame(fp, coast, ice), chart_path)
     km2 = PIXEL * PIXEL / 1e6
@@ -900,32 +985,34 @@ def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], s
 
 def make_scene(outdir: str | Path, *, seed: int, size: tuple[int, int] = (1024, 1024), start: datetime | None = None,
                product: str = "8bit", ice_extent: float | None = None,
-               progress: Callable[[], None] | None = None) -> SyntheticScene:
+               progress: Callable[[], None] | None = None, rendering: str = "linear") -> SyntheticScene:
     """Write one synthetic scene GeoTIFF and its chart shapefile into ``outdir``.
 
     ``size`` is (rows, cols) of 40 m pixels in polar stereographic (:data:`CRS`); ``start`` defaults to
     :func:`default_start` of the seed; ``ice_extent`` (0 open water .. 1 ice everywhere) defaults to
     :func:`seasonal_ice_extent` of ``start``. ``progress`` is called once per 1024 px window written.
-    Deterministic for (seed, size, start, product, ice_extent).
+    Deterministic for (seed, size, start, product, ice_extent, rendering); ``rendering`` of :data:`RENDERINGS`.
     """
     outdir = Path(outdir)
-    size = _check(outdir, size, product, ice_extent)
+    size = _check(outdir, size, product, ice_extent, rendering)
     start = default_start(seed) if start is None else start
     extent = seasonal_ice_extent(start) if ice_extent is None else ice_extent
-    return _make(outdir, seed, seed, size, start, product, extent, progress)
+    return _make(outdir, seed, seed, size, start, product, extent, progress, rendering)
 
 
 def make_dataset(outdir: str | Path, n_scenes: int = 3, size: tuple[int, int] = (1024, 1024), seed: int = 0,
-                 product: str = "8bit", progress: Callable[[], None] | None = None) -> list[SyntheticScene]:
+                 product: str = "8bit", progress: Callable[[], None] | None = None,
+                 rendering: str = "linear") -> list[SyntheticScene]:
     """``n_scenes`` scenes at different places on the coast, one per month of 2018 (then 2019, ...), like the
     ExtremeEarth set; ice extents follow :func:`seasonal_ice_extent`. Sorted by time."""
     outdir = Path(outdir)
-    size = _check(outdir, size, product, None)
+    size = _check(outdir, size, product, None, rendering)
     scenes = []
     for index in range(n_scenes):
         scene_seed = _derive(seed, index)
         start = default_start(scene_seed, month=index % 12 + 1, year=2018 + index // 12)
-        scenes.append(_make(outdir, scene_seed, scene_seed, size, start, product, seasonal_ice_extent(start), progress))
+        scenes.append(_make(outdir, scene_seed, scene_seed, size, start, product, seasonal_ice_extent(start), progress,
+                            rendering))
     return scenes
 
 
@@ -937,7 +1024,7 @@ def sequence_times(n_scenes: int, first: datetime = datetime(2018, 1, 16, 7, 54,
 
 def make_sequence(outdir: str | Path, n_scenes: int = 12, size: tuple[int, int] = (1024, 1024), seed: int = 0,
                   product: str = "8bit", first: datetime = datetime(2018, 1, 16, 7, 54, 30),
-                  progress: Callable[[], None] | None = None) -> list[SyntheticScene]:
+                  progress: Callable[[], None] | None = None, rendering: str = "linear") -> list[SyntheticScene]:
     """A time sequence over one fixed footprint and coast (same grid, land, fjords, islands, terrain).
 
     Acquisitions are :func:`sequence_times` apart; the ice edge follows :func:`seasonal_ice_extent` (pack
@@ -945,9 +1032,9 @@ def make_sequence(outdir: str | Path, n_scenes: int = 12, size: tuple[int, int] 
     speckle each time. Each returned scene carries its true ``areas_km2`` of land, sea and ice.
     """
     outdir = Path(outdir)
-    size = _check(outdir, size, product, None)
+    size = _check(outdir, size, product, None, rendering)
     return [
-        _make(outdir, seed, _derive(seed, index), size, when, product, seasonal_ice_extent(when), progress)
+        _make(outdir, seed, _derive(seed, index), size, when, product, seasonal_ice_extent(when), progress, rendering)
         for index, when in enumerate(sequence_times(n_scenes, first))
     ]
 
