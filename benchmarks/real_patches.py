@@ -17,11 +17,12 @@ Rows of the table (every figure is on **real imagery**; "synthetic" names only w
 - **seed**: the seed's own recipe re-run here: its AlexNet-style patch classifier
   (:class:`polarxr.models.PatchCNN`), SGD lr 0.01 momentum 0.9 weight decay 5e-4, inputs / 255, batch 28,
   3 epochs, plain cross entropy, every train row (mostly-nodata ones too, as the seed did).
-- **polarxr, real**: ``polarxr train`` of the default U-Net (multi-look pool 4) on the real train rows with
-  centre-window supervision (the patch label on the central 8 x 8 px), class weights from the patch labels,
-  flips/rot90, AdamW + cosine, mostly-nodata patches left out of training.
-- **polarxr, synthetic only**: the same U-Net trained on ``polarxr synth --rendering calibrated`` scenes
-  (dense chart labels), no real label seen.
+- **polarxr, real**: ``polarxr train`` (``--model``, default the patch classifier; ``--model unet`` trains
+  the U-Net with centre-window supervision) on the real train rows: per-band normalisation, flips/rot90,
+  AdamW + cosine, mostly-nodata patches left out of training, plain cross entropy (``--class-weights none``:
+  the table scores accuracy).
+- **polarxr, synthetic only**: the same model trained on ``polarxr synth --rendering calibrated`` scenes
+  (patches sampled from their charts), no real label seen.
 - **polarxr, synthetic + fine-tune**: that model fine-tuned on the real train rows (``polarxr train --init``).
 
 Scores (``polarxr evaluate-patches --split test --json``; a segmenter's patch class is the class of its
@@ -113,12 +114,13 @@ def train_seed(cube: Path, work: Path, epochs: int = 3, seed: int = 0) -> Path:
     return save_checkpoint(path, state)
 
 
-def train_polarxr(cube: Path, run: Path, epochs: int, lr: float, threads: int, init: Path | None = None) -> Path:
+def train_polarxr(cube: Path, run: Path, epochs: int, lr: float, threads: int, model: str, weighting: str,
+                  init: Path | None = None) -> Path:
     best = run / "best.pt"
     if not (run / "last.pt").exists() or json.loads((run / "log.json").read_text())[-1]["epoch"] < epochs:
         args = [POLARXR, "train", "--cube", str(cube), "--out", str(run), "--epochs", str(epochs), "--lr", str(lr),
-                "--threads", str(threads), "--device", "cpu"]
-        args += ["--init", str(init)] if init else ["--model", "unet"]
+                "--threads", str(threads), "--device", "cpu", "--class-weights", weighting]
+        args += ["--init", str(init)] if init else ["--model", model]
         _run(args, run.with_suffix(".log"))
     return best if best.exists() else run / "last.pt"
 
@@ -129,7 +131,7 @@ def synthetic_cube(work: Path, scenes: int, size: int, seed: int) -> Path:
         if not folder.exists():
             _run([POLARXR, "synth", str(folder), "--scenes", str(scenes), "--size", str(size), str(size), "--seed",
                   str(seed), "--rendering", "calibrated"], work / "synth.log")
-        _run([POLARXR, "sample", str(folder), "--cube", str(cube), "--samples-per-label", "150", "--max-nodata",
+        _run([POLARXR, "sample", str(folder), "--cube", str(cube), "--samples-per-label", "120", "--max-nodata",
               "0.5", "--workers", "1"], work / "sample.log")
     return cube
 
@@ -172,12 +174,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of the real patches (meta.csv, images/)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-out" / "real_patches")
     parser.add_argument("--rows", default="seed,real,synthetic,finetune")
-    parser.add_argument("--epochs", type=int, default=12, help="polarxr, real")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--synth-epochs", type=int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=6)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--synth-scenes", type=int, default=12)
+    parser.add_argument("--model", default="patchcnn", help="polarxr's model for the polarxr rows")
+    parser.add_argument("--class-weights", default="none", help="polarxr train --class-weights")
+    parser.add_argument("--epochs", type=int, default=6, help="polarxr, real")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--synth-epochs", type=int, default=4)
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--synth-scenes", type=int, default=10)
     parser.add_argument("--synth-size", type=int, default=1024)
     parser.add_argument("--synth-seed", type=int, default=21)
     parser.add_argument("--threads", type=int, default=1)
@@ -195,17 +199,18 @@ def main() -> None:
     if "seed" in rows:
         results["seed"] = score(cube, train_seed(cube, work), work, "seed")
     if "real" in rows or "finetune" in rows:
-        real = train_polarxr(cube, work / "real", args.epochs, args.lr, args.threads)
+        real = train_polarxr(cube, work / "real", args.epochs, args.lr, args.threads, args.model, args.class_weights)
         if "real" in rows:
             results["polarxr, real"] = score(cube, real, work, "real")
     if "synthetic" in rows or "finetune" in rows:
         synth = train_polarxr(synthetic_cube(work, args.synth_scenes, args.synth_size, args.synth_seed),
-                              work / "synthetic", args.synth_epochs, args.lr, args.threads)
+                              work / "synthetic", args.synth_epochs, args.lr, args.threads, args.model,
+                              args.class_weights)
         if "synthetic" in rows:
             results["polarxr, synthetic only"] = score(cube, synth, work, "synthetic")
         if "finetune" in rows:
             tuned = train_polarxr(cube, work / "finetune", args.finetune_epochs, args.finetune_lr, args.threads,
-                                  init=synth)
+                                  args.model, args.class_weights, init=synth)
             results["polarxr, synthetic + fine-tune"] = score(cube, tuned, work, "finetune")
     text = table(results)
     print(text)

@@ -15,7 +15,9 @@ only its **train** rows are read (no validation or test row shapes the generator
 2. Fit: synthetic float scenes (sigma0, with the calibrated rendering's domain randomisation) are sampled
    into a cube with dense chart labels; their pixels in dB (HH, HV, HH - HV), classes mixed in the real
    proportions, give per band the dB quantiles matched to the real DN quantiles at the same levels: the
-   knots of a monotone curve dB -> DN (``DN_CURVES`` in ``polarxr/synthetic.py``).
+   knots of a monotone curve dB -> DN (``DN_CURVES`` in ``polarxr/synthetic.py``) for the first two bands.
+   The real third band is, to 93 % of its variance, a function of the first two: its mean over 16 x 16 bins
+   of (band 1, band 2) DN is ``THIRD_BAND_TABLE``.
 3. Distance: per class and band, the Wasserstein-1 distance (DN) between the real clean-label histogram and
    the synthetic class histogram, for 8-bit scenes of the linear rendering (before) and the calibrated one
    (after).
@@ -85,6 +87,27 @@ def _class_pixels(cube: Path, limit: int = 400_000) -> dict[int, np.ndarray]:
             values = values[:, rng.choice(values.shape[1], limit, replace=False)]
         out[c] = values
     return out
+
+
+def fit_third_band(cube: Path, bins: int = 16) -> np.ndarray:
+    """``(bins, bins)`` mean DN of the third band over bins of (first band DN, second band DN), train pixels
+    with data; empty bins from the nearest filled one along each row then column."""
+    image, _, _ = _train_patches(cube)
+    valid = (image != 0).all(axis=1)
+    b1, b2, b3 = (image[:, k][valid].astype(np.int64) for k in range(3))
+    width = 256 // bins
+    idx = (b1 // width) * bins + b2 // width
+    total = np.bincount(idx, b3, bins * bins)
+    count = np.bincount(idx, None, bins * bins)
+    table = np.where(count >= 20, total / np.maximum(count, 1), np.nan).reshape(bins, bins)
+    for axis in (1, 0):
+        for line in np.moveaxis(table, axis, 0):
+            ok = np.flatnonzero(np.isfinite(line))
+            if len(ok):
+                line[:] = np.interp(np.arange(bins), ok, line[ok])
+    fit = table[(b1 // width), (b2 // width)]
+    print(f"third band from the first two: R^2 {1 - ((b3 - fit) ** 2).mean() / b3.var():.3f} (bin means)")
+    return np.rint(table).astype(int)
 
 
 def fit_curves(real: dict, work: Path, scenes: int, seed: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -170,6 +193,11 @@ def main() -> None:
         for band, (db, dn) in curves.items():
             print(f'    "{band}": ({tuple(db)},\n           {tuple(dn)}),')
         print("}")
+        table = fit_third_band(args.cube)
+        print("THIRD_BAND_TABLE = (")
+        for row in table:
+            print("    (" + ", ".join(str(v) for v in row) + "),")
+        print(")")
         return
     print(distance_table(real, args.workdir, args.scenes, args.seed + 1000))
     for rendering in ("linear", "calibrated"):

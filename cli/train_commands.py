@@ -33,6 +33,13 @@ class DeviceName(StrEnum):
     cuda = "cuda"
 
 
+class Weighting(StrEnum):
+    """Class weighting of the training loss."""
+
+    inverse = "inverse"
+    none = "none"
+
+
 class Schedule(StrEnum):
     """Learning-rate schedules."""
 
@@ -107,6 +114,9 @@ def train_command(
     centre_window: Annotated[int | None, typer.Option(
         "--centre-window", min=1, help="Segmenter on patch labels: supervise the central N x N px with the "
         "patch label, ignore the rest (default 8 when the cube has no dense labels).")] = None,
+    weighting: Annotated[Weighting, typer.Option(
+        "--class-weights", help="inverse: inverse-frequency class weights (rare classes count more: mean IoU); "
+        "none: plain cross entropy, as the seed (overall accuracy).")] = Weighting.inverse,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch CPU threads (default: torch's). On a small or busy machine 1 can be "
         "several times faster than more, as OpenMP threads spin-wait for cores.")] = None,
@@ -133,7 +143,8 @@ def train_command(
         result = train(cube, run_dir, model=None if model is None and init else str(model or "unet"), epochs=epochs, batch_size=batch_size, lr=lr,
                        device=str(device), seed=seed, save_interval=save_interval, run_number=run_number,
                        resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model or "model")),
-                       model_options=options, schedule=str(schedule), init=init, centre_window=centre_window)
+                       model_options=options, schedule=str(schedule), init=init, centre_window=centre_window,
+                       weighting=str(weighting))
     table = Table(title=f"{result.model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]

@@ -169,6 +169,28 @@ DN_CURVES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
          77, 85, 97, 114, 136, 168, 224, 255, 255, 255, 255),
     ),
 }
+#: Calibrated third band: in the real 8-bit products the third band is, to 93 % of its variance, a function of
+#: the first two (rising with HV, falling with HH: a cross-polarisation ratio, saturated). Its mean DN over
+#: 16 x 16 bins of (HH DN, HV DN) of the real patches (rows HH, columns HV, bins of 16 DN), interpolated
+#: bilinearly between bin centres.
+THIRD_BAND_TABLE: tuple[tuple[int, ...], ...] = (
+    (81, 214, 247, 255, 255, 255, 254, 254, 254, 254, 254, 254, 253, 253, 254, 254),
+    (42, 89, 155, 209, 231, 248, 254, 254, 254, 254, 254, 254, 254, 254, 254, 254),
+    (23, 49, 81, 117, 150, 182, 210, 239, 251, 254, 254, 254, 254, 254, 254, 254),
+    (16, 36, 58, 83, 109, 134, 158, 180, 204, 228, 244, 252, 254, 254, 254, 254),
+    (12, 29, 47, 65, 83, 104, 124, 143, 162, 179, 199, 219, 235, 247, 252, 254),
+    (10, 23, 40, 54, 69, 84, 100, 117, 133, 149, 164, 180, 195, 211, 227, 253),
+    (8, 19, 34, 47, 59, 72, 84, 98, 112, 126, 139, 151, 165, 178, 193, 247),
+    (7, 16, 29, 41, 52, 63, 74, 85, 97, 108, 120, 131, 143, 154, 167, 240),
+    (6, 14, 26, 36, 46, 56, 66, 75, 85, 95, 106, 116, 126, 136, 148, 234),
+    (5, 13, 23, 32, 41, 50, 59, 68, 77, 86, 94, 104, 113, 122, 133, 230),
+    (5, 11, 20, 29, 37, 45, 54, 62, 69, 77, 86, 94, 102, 110, 120, 229),
+    (4, 10, 19, 26, 34, 42, 49, 56, 64, 71, 78, 86, 93, 101, 110, 228),
+    (4, 10, 17, 24, 31, 38, 45, 52, 58, 65, 72, 79, 86, 92, 102, 228),
+    (4, 9, 16, 23, 29, 35, 42, 48, 54, 60, 67, 73, 79, 86, 94, 229),
+    (4, 8, 15, 21, 27, 33, 39, 45, 50, 56, 62, 67, 73, 79, 87, 227),
+    (2, 5, 9, 16, 18, 26, 31, 36, 41, 45, 50, 55, 59, 64, 69, 214),
+)
 #: Domain randomisation of the calibrated rendering, uniform per acquisition: a gain of the whole product
 #: (dB: calibration and DN scaling unknown), the equivalent number of looks, a factor on every class's
 #: incidence-angle slope, and the width (px, Gaussian sigma) of a speckle filter on the intensities: the
@@ -770,6 +792,17 @@ def _speckle_filter(intensity: np.ndarray, sigma: float) -> np.ndarray:
         return np.where(valid, num / den, np.nan).astype(np.float32)
 
 
+def _third_band(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Calibrated third band DN from the first two (uint8, 0 = no data): :data:`THIRD_BAND_TABLE`."""
+    from scipy.ndimage import map_coordinates
+
+    table = np.asarray(THIRD_BAND_TABLE, np.float32)
+    width = 256 / table.shape[0]
+    coords = np.stack([first.astype(np.float32) / width - 0.5, second.astype(np.float32) / width - 0.5])
+    dn = np.clip(np.rint(map_coordinates(table, coords.reshape(2, -1), order=1, mode="nearest")), 1, 255)
+    return np.where((first == 0) | (second == 0), 0, dn.reshape(first.shape)).astype(np.uint8)
+
+
 def _to_dn(db: np.ndarray, band: str, rendering: str = "linear") -> np.ndarray:
     """dB to DN 1..255 by :data:`DN_SCALING` (linear) or :data:`DN_CURVES` (calibrated); NaN (no data) to 0."""
     if rendering == "calibrated":
@@ -854,8 +887,11 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
             if product == "8bit":
                 with np.errstate(divide="ignore", invalid="ignore"):
                     hh_db, hv_db = 10 * np.log10(hh), 10 * np.log10(hv)
-                data = np.stack([_to_dn(hh_db, "HH", acq.rendering), _to_dn(hv_db, "HV", acq.rendering),
-                                 _to_dn(hh_db - hv_db, "HH-HV", acq.rendering)])
+                if acq.rendering == "calibrated":
+                    first, second = _to_dn(hh_db, "HH", "calibrated"), _to_dn(hv_db, "HV", "calibrated")
+                    data = np.stack([first, second, _third_band(first, second)])
+                else:
+                    data = np.stack([_to_dn(hh_db, "HH"), _to_dn(hv_db, "HV"), _to_dn(hh_db - hv_db, "HH-HV")])
             else:
                 data = np.stack([hh, hv])
             dst.write(data, window=window)
@@ -869,7 +905,8 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
             for index, band in enumerate(bands, start=1):
                 dst.update_tags(index, DN_CURVE_DB=",".join(map(str, DN_CURVES[band][0])),
                                 DN_CURVE_DN=",".join(map(str, DN_CURVES[band][1])))
-            tags["DN_SCALING"] = "DN = clip(round(interp(dB, DN_CURVE_DB, DN_CURVE_DN)), 1, 255); 0 = no data"
+            tags["DN_SCALING"] = ("bands 1, 2: DN = clip(round(interp(dB, DN_CURVE_DB, DN_CURVE_DN)), 1, 255); band 3: "
+                                  "polarxr.synthetic.THIRD_BAND_TABLE of bands 1 and 2; 0 = no data")
         elif product == "8bit":
             for index, band in enumerate(bands, start=1):
                 dst.update_tags(index, DB_MIN=str(DN_SCALING[band][0]), DB_MAX=str(DN_SCALING[band][1]))

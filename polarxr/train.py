@@ -363,6 +363,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 
 SCHEDULES = ("cosine", "constant")
+WEIGHTINGS = ("inverse", "none")
 #: Default centre window (px) of a segmenter trained on patch labels only.
 CENTRE_WINDOW = 8
 
@@ -425,6 +426,7 @@ def train(
     schedule: str = "cosine",
     init: str | Path | None = None,
     centre_window: int | None = None,
+    weighting: str = "inverse",
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
@@ -444,7 +446,12 @@ def train(
     ``centre_window``: train a segmenter on patch labels, the label in the central ``centre_window`` px
     square, 255 elsewhere (:func:`centre_window_target`); default: 8 when the cube has no dense labels
     (imported patch sets), else off (dense labels).
+
+    ``weighting``: "inverse" (inverse-frequency class weights, for mean IoU / F1 on rare classes) or "none"
+    (plain cross entropy, as the seed: for overall accuracy).
     """
+    if weighting not in WEIGHTINGS:
+        raise PolarxrError(None, f"unknown class weighting {weighting!r}; use {' or '.join(WEIGHTINGS)}")
     init_state = _init_state(init, model, model_options) if init is not None else None
     if model is None:
         model = init_state["model_config"]["name"] if init_state else "unet"
@@ -482,6 +489,8 @@ def train(
         raise ModelError(cube_path, f"patch size {info['patch_size']} px is not a multiple of the U-Net's "
                                f"{net.pad_multiple} (2**depth); use a smaller depth or another patch size")
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if weighting == "none":
+        info["class_weights"] = torch.ones_like(info["class_weights"])
     weight = info["class_weights"].to(dev)
 
     start_epoch, history = 0, []
@@ -512,7 +521,7 @@ def train(
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
                          "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
                          "init": None if init is None else str(init),
-                         "centre_window": centre_window}}
+                         "centre_window": centre_window, "weighting": weighting}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
