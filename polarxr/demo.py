@@ -140,6 +140,9 @@ def _write_report(workdir: Path, config: DemoConfig, metrics: dict, results, lab
         f"Synthetic Sentinel-1 EW scenes of {config.size[0]} x {config.size[1]} px (40 m): "
         f"{config.train_scenes} for training (one of them for validation), {config.test_scenes} held out.",
         "",
+        "All figures here are on **synthetic** imagery: they show that the code works, not how well the model "
+        "does on real scenes (see the README's figures on the seed's real patches, `benchmarks/real_patches.py`).",
+        "",
         "## Held-out scenes: U-Net against the charts",
         "",
         "| class | IoU | F1 | precision | recall |",

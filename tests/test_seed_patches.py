@@ -142,10 +142,11 @@ def test_train_patch_classifier_on_imported_cube_fine_tune_and_evaluate(tmp_path
 
     # fine-tuning: starts from the checkpoint's weights, same model
     tuned = train(cube, tmp_path / "tuned", model=None, epochs=1, batch_size=8, lr=1e-4, device="cpu",
-                  init=run.last_checkpoint, max_steps_per_epoch=1)
+                  init=run.last_checkpoint, max_steps_per_epoch=1, weighting="none")
     assert tuned.model == "patchcnn" and tuned.history[0]["val_overall_accuracy"] >= 0.8
     state = torch.load(tuned.last_checkpoint, weights_only=True)
     assert state["training"]["init"] == str(run.last_checkpoint)
+    assert state["class_weights"] == [1.0, 1.0, 1.0] and state["training"]["weighting"] == "none"
     other = tmp_path / "other.zarr"
     import_seed_patches(tmp_path / "set", other, split_index="0.8", band_names=("HH", "HV", "ratio"))
     with pytest.raises(ModelError, match=r"trained on bands \['red', 'green', 'blue'\].*same bands"):
