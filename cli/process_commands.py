@@ -122,9 +122,10 @@ def process(
     if stac_api is not None:
         inbox = _stac_inbox(stac_api, search_filter(collection, region, bbox, since, mode),
                             Path(ledger).parent if ledger else out, page_size, timeout)
-    elif bbox is not None:
-        raise typer.BadParameter("--bbox is a search area: it needs --stac-api (use --region for an INBOX)",
-                                 param_hint="--bbox")
+    else:
+        for name, value in (("--bbox", bbox), ("--since", since), ("--mode", mode)):
+            if value is not None:
+                raise typer.BadParameter(f"{name} filters a STAC API search: it needs --stac-api", param_hint=name)
     signal.signal(signal.SIGTERM, _terminate)
 
     def client():

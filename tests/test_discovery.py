@@ -163,8 +163,54 @@ def test_remote_assets_are_copied_once_under_the_product_name(tmp_path):
     mtime = copy.stat().st_mtime_ns
     assert resolve_scene("memory://bucket/scene.tif", tmp_path / DOWNLOADS_NAME, name).stat().st_mtime_ns == mtime
     assert sorted(p.name for p in copy.parent.iterdir()) == [name]  # no temporary left
-    with pytest.raises(DiscoveryError, match="memory://bucket/missing.tif: cannot copy"):
+    with pytest.raises(DiscoveryError, match="memory://bucket/missing.tif: cannot copy the scene asset: no such"):
         resolve_scene("memory://bucket/missing.tif", tmp_path / DOWNLOADS_NAME)
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A real S3 API server (moto's) on 127.0.0.1; boto / s3fs pointed at it through the environment."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    pytest.importorskip("s3fs", reason="s3fs is in the test extra")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "polarxr", "AWS_SECRET_ACCESS_KEY": "polarxr-secret",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_s3_assets_are_fetched_once_from_a_real_s3_server(tmp_path, stac_api, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("acquisitions")
+    items = [s1_item(T0 + timedelta(days=d), f"s3://acquisitions/2018/{d}/measurement.tif") for d in range(2)]
+    for d in range(2):
+        fs.pipe(f"acquisitions/2018/{d}/measurement.tif", bytes([d]) * (1000 + d))
+    items.append(s1_item(T0 + timedelta(days=2), "s3://acquisitions/2018/2/measurement.tif"))  # not uploaded yet
+    stac_api.serve(items)
+    state = tmp_path / "state"
+
+    first = poll(stac_api.url, SearchFilter(), state)
+    assert _ids(first.new) == _ids(items[:2])
+    assert first.unresolved == [(items[2].id, "s3://acquisitions/2018/2/measurement.tif: cannot copy the scene "
+                                              "asset: no such file or object")]
+    copies = [Path(i.assets["data"].href) for i in first.new]
+    # named after the product (the pipeline reads the acquisition from the name), beside the state
+    assert copies == [state / DOWNLOADS_NAME / f"{i.id}.tif" for i in items[:2]]
+    assert [c.read_bytes() for c in copies] == [b"\x00" * 1000, b"\x01" * 1001]
+
+    fs.pipe("acquisitions/2018/2/measurement.tif", b"\x02" * 1002)  # the upload completes
+    second = poll(stac_api.url, SearchFilter(), state)
+    assert _ids(second.new) == [items[2].id] and second.known == 2 and second.unresolved == []
+    assert (state / DOWNLOADS_NAME / f"{items[2].id}.tif").read_bytes() == b"\x02" * 1002
+    inbox = pystac.ItemCollection.from_file(str(state / INBOX_NAME))
+    assert sorted(Path(i.assets["data"].href).name for i in inbox) == sorted(f"{i.id}.tif" for i in items)
 
 
 def test_unreachable_api_fails_within_seconds_naming_it(tmp_path):
@@ -214,7 +260,9 @@ def test_process_stac_api_processes_new_acquisitions_end_to_end(tmp_path, stac_a
     stac_api.serve(items)
     out = tmp_path / "out"
     region = tmp_path / "region.geojson"
-    region.write_text(json.dumps(shapely.geometry.mapping(EAST_GREENLAND.union(shapely.box(-31, 67, -29, 69)))))
+    east_coast = shapely.box(-35.0, 65.0, -15.0, 76.0)  # where make_sequence puts its coasts
+    assert all(shapely.geometry.shape(i.geometry).within(east_coast) for i in items)
+    region.write_text(json.dumps(shapely.geometry.mapping(east_coast)))
     command = [POLARXR, "process", "--stac-api", stac_api.url, "--region", str(region), "--mode", "EW",
                "--since", "2018-01-01", "--page-size", "1", "--out", str(out), "--checkpoint", str(checkpoint),
                "--chunk", "128", "--workers", "1"]
@@ -231,9 +279,11 @@ def test_process_stac_api_processes_new_acquisitions_end_to_end(tmp_path, stac_a
 
     stac_api.serve(items + [_scene_item(scenes[2], scenes[2].scene.as_uri())])  # a new acquisition arrives
     before = (out / stems[0] / f"{stems[0]}_class.tif").stat().st_mtime_ns
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    # polled again at each --watch cycle: the first finds the new acquisition, the second nothing
+    run = subprocess.run(command + ["--watch", "--interval", "1s", "--max-cycles", "2"], capture_output=True,
+                         text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 new, 2 seen before" in run.stdout
+    assert run.stdout.index("1 new, 2 seen before") < run.stdout.index("0 new, 3 seen before")
     with Ledger(out / "ledger.sqlite") as ledger:
         records = {r.scene: r for r in ledger.records()}
     assert {s: r.status for s, r in records.items()} == dict.fromkeys(stems, "done")

@@ -76,6 +76,8 @@ def resolve_scene(href: str, cache_dir: str | Path, name: str | None = None) -> 
             return target
         with atomic_path(target) as tmp, fs.open(remote, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 22)
-    except (OSError, ValueError) as err:  # fsspec maps missing keys, denied access, network errors to OSError
+    except FileNotFoundError:
+        raise DiscoveryError(href, "cannot copy the scene asset: no such file or object") from None
+    except (OSError, ValueError) as err:  # fsspec maps denied access and network errors to OSError
         raise DiscoveryError(href, f"cannot copy the scene asset ({' '.join(str(err).split())[:200] or type(err).__name__})") from None
     return target
