@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,8 @@ def test_bad_options_are_usage_errors(tmp_path, stac_api):
     stac_api.serve([])
     with pytest.raises(DiscoveryError, match="has no collection 'sentinel-2-l2a'.*it has: sentinel-1-grd"):
         search_items(stac_api.url, SearchFilter(collection="sentinel-2-l2a"))
+    with pytest.raises(DiscoveryError, match=r"/no/such/api: is not a STAC API landing page \(it answered HTTP 404"):
+        search_items(stac_api.url + "/no/such/api", SearchFilter())
 
 
 def test_second_poll_finds_only_new_items(tmp_path, stac_api):
@@ -231,6 +234,17 @@ def test_unreachable_api_fails_within_seconds_naming_it(tmp_path):
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and url in lines[0] and "unreachable" in lines[0], run.stderr
     assert not (tmp_path / "items.json").exists()
+
+
+def test_an_api_that_does_not_answer_fails_within_seconds(tmp_path):
+    with socket.socket() as hung:  # accepts connections (the kernel does) but never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        tic = time.monotonic()
+        with pytest.raises(DiscoveryError, match=f"^{url}: STAC API unreachable \\(no answer within 1 s\\)"):
+            search_items(url, SearchFilter(), timeout_s=1)
+        assert time.monotonic() - tic < 6  # one retry of the read
 
 
 def _checkpoint(path: Path) -> Path:

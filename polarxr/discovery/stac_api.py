@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +30,10 @@ from polarxr.io import atomic_path
 DEFAULT_COLLECTION = "sentinel-1-grd"
 #: Items asked for per page (APIs cap it at their own maximum; paging fetches the rest).
 DEFAULT_PAGE_SIZE = 100
-#: Seconds to wait for the API to connect and to answer each request.
+#: Seconds to wait for the API to answer each request.
 DEFAULT_TIMEOUT_S = 20.0
+#: Seconds to wait for a connection (a host that drops packets must not hold a poll for long).
+CONNECT_TIMEOUT_S = 5.0
 MODES = ("EW", "IW", "SM", "WV")
 _PRODUCT_TYPE = re.compile(r"^S1[A-D]_(?P<mode>EW|IW|SM|WV|S[1-6])_(?P<type>[A-Z]{3})")
 
@@ -171,7 +174,11 @@ def _reason(err: Exception, timeout_s: float) -> str:
     text = str(err)
     status = getattr(err, "status_code", None)
     if status is not None:
-        return f"it answered HTTP {status}: {' '.join(text.split())[:200]}"
+        try:  # STAC APIs answer errors as {"code": ..., "description": ...}; web servers with HTML pages
+            detail = json.loads(text).get("description") or ""
+        except (ValueError, AttributeError):
+            detail = ""
+        return f"it answered HTTP {status}" + (f": {' '.join(str(detail).split())[:200]}" if detail else "")
     for needle, reason in (("Connection refused", "connection refused"),
                            ("timed out", f"no answer within {timeout_s:g} s"),
                            ("Timeout", f"no answer within {timeout_s:g} s"),
@@ -186,20 +193,27 @@ def _reason(err: Exception, timeout_s: float) -> str:
 def open_api(url: str, timeout_s: float = DEFAULT_TIMEOUT_S):
     """A :class:`pystac_client.Client` for the STAC API at ``url`` (its landing page read).
 
-    Connection failures are retried twice at most, so an unreachable API fails within seconds.
+    A request waits ``timeout_s`` for an answer and at most :data:`CONNECT_TIMEOUT_S` for a connection;
+    failed connections are retried once and failed reads once, so an unreachable API fails within seconds.
     Raises :class:`DiscoveryError` naming ``url`` when it is unreachable or not a STAC API.
     """
     from pystac_client import Client
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
+    from pystac_client.warnings import NoConformsTo
     from urllib3 import Retry
 
-    retry = Retry(total=2, connect=2, read=1, status=2, backoff_factor=0.2, allowed_methods=None,
+    retry = Retry(total=2, connect=1, read=1, status=2, backoff_factor=0.2, allowed_methods=None,
                   status_forcelist=(429, 502, 503, 504), raise_on_status=False)
-    io = StacApiIO(timeout=timeout_s, max_retries=retry)
+    timeout = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)
+    io = StacApiIO(timeout=timeout, max_retries=retry)
     try:
-        return Client.open(url, stac_io=io, timeout=timeout_s)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoConformsTo)  # reported below as "no Item Search"
+            return Client.open(url, stac_io=io, timeout=timeout)
     except APIError as err:
+        if getattr(err, "status_code", None) is not None:
+            raise DiscoveryError(url, f"is not a STAC API landing page ({_reason(err, timeout_s)})") from None
         raise DiscoveryError(url, f"STAC API unreachable ({_reason(err, timeout_s)}); check the URL and that "
                                   "the server is running") from None
     except (pystac.STACError, ValueError, KeyError, TypeError) as err:
