@@ -114,11 +114,21 @@ def test_search_follows_paging_and_filters(tmp_path, stac_api):
 
 
 def test_bad_options_are_usage_errors(tmp_path, stac_api):
+    from typer.testing import CliRunner
+
+    from polarxr.cli.main import app
+
+    region = tmp_path / "r.geojson"
+    region.write_text(json.dumps(shapely.geometry.mapping(EAST_GREENLAND)))
     for args, hint in ((["--since", "last tuesday"], "--since"), (["--mode", "XX"], "--mode"),
-                       (["--bbox", "10", "80", "20", "70"], "--bbox")):
-        run = subprocess.run([POLARXR, "discover", "--stac-api", "http://127.0.0.1:9", *args], capture_output=True,
-                             text=True, timeout=60, env=dict(os.environ, COLUMNS="200"))
-        assert run.returncode == 2 and hint in run.stderr, run.stderr
+                       (["--bbox", "10", "80", "20", "70"], "--bbox"),
+                       (["--bbox", "-30", "65", "-15", "75", "--region", str(region)], "--region / --bbox")):
+        run = CliRunner().invoke(app, ["discover", "--stac-api", "http://127.0.0.1:9", *args],
+                                 env={"COLUMNS": "200"})
+        assert run.exit_code == 2 and hint in run.output, run.output
+    run = CliRunner().invoke(app, ["process", str(tmp_path), "--out", str(tmp_path / "out"), "--checkpoint",
+                                   __file__, "--mode", "EW"], env={"COLUMNS": "200"})
+    assert run.exit_code == 2 and "--mode filters a STAC API search: it needs --stac-api" in run.output, run.output
     stac_api.serve([])
     with pytest.raises(DiscoveryError, match="has no collection 'sentinel-2-l2a'.*it has: sentinel-1-grd"):
         search_items(stac_api.url, SearchFilter(collection="sentinel-2-l2a"))
@@ -267,7 +277,7 @@ def _scene_item(scene, href: str) -> pystac.Item:
 
 
 @pytest.mark.slow
-def test_process_stac_api_processes_new_acquisitions_end_to_end(tmp_path, stac_api):
+def test_process_stac_api_processes_new_acquisitions_end_to_end(tmp_path, stac_api, real_scheduler):
     scenes = make_sequence(tmp_path / "archive", n_scenes=3, size=(160, 160), seed=5)
     checkpoint = _checkpoint(tmp_path / "untrained.pt")
     items = [_scene_item(scenes[0], str(scenes[0].scene)), _scene_item(scenes[1], scenes[1].scene.as_uri())]
@@ -279,7 +289,7 @@ def test_process_stac_api_processes_new_acquisitions_end_to_end(tmp_path, stac_a
     region.write_text(json.dumps(shapely.geometry.mapping(east_coast)))
     command = [POLARXR, "process", "--stac-api", stac_api.url, "--region", str(region), "--mode", "EW",
                "--since", "2018-01-01", "--page-size", "1", "--out", str(out), "--checkpoint", str(checkpoint),
-               "--chunk", "128", "--workers", "1"]
+               "--chunk", "128", "--scheduler", real_scheduler]
     env = dict(os.environ, COLUMNS="250")
 
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
