@@ -17,9 +17,9 @@ from polarxr.cli.app import app
 from polarxr.cli.discovery_commands import (DISCOVERY_PANEL, BboxOption, CollectionOption, ModeOption,
                                             PageSizeOption, SinceOption, TimeoutOption, print_items, print_rejected,
                                             search_filter)
-from polarxr.discovery.stac_api import DEFAULT_COLLECTION, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT_S
 from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
                                  client_from_options)
+from polarxr.discovery.stac_api import DEFAULT_COLLECTION, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT_S
 
 console = Console()
 

@@ -25,7 +25,7 @@ import rasterio
 import shapely
 import shapely.geometry
 import torch
-from stac_api_server import StacApiServer, free_port, stac_api  # noqa: F401  (fixture)
+from stac_api_server import free_port
 
 from polarxr.discovery import DiscoveryError, SearchFilter, search_items
 from polarxr.discovery.assets import resolve_scene
