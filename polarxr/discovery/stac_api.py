@@ -234,13 +234,15 @@ def search_items(url: str, search: SearchFilter | None = None, page_size: int = 
     if not client.conforms_to("ITEM_SEARCH"):
         raise DiscoveryError(url, "this STAC API does not offer Item Search (/search); polarxr needs it")
     try:
-        if client.get_collection(search.collection) is None:
-            raise APIError("not found")
-    except (APIError, pystac.STACError, ValueError, KeyError) as err:
-        if getattr(err, "status_code", 404) not in (None, 404) and "not found" not in str(err).lower():
-            raise DiscoveryError(url, f"cannot read collection {search.collection!r} ({_reason(err, timeout_s)})") from None
+        found = client.get_collection(search.collection)  # None for a 404
+    except APIError as err:
+        raise DiscoveryError(url, f"cannot read collection {search.collection!r} ({_reason(err, timeout_s)})") from None
+    except (pystac.STACError, ValueError, KeyError, TypeError) as err:
+        raise DiscoveryError(url, f"collection {search.collection!r} is not valid STAC "
+                                  f"({' '.join(str(err).split())[:200]})") from None
+    if found is None:
         raise DiscoveryError(url, f"has no collection {search.collection!r}; choose one with --collection "
-                                  f"({_collection_ids(client)})") from None
+                                  f"({_collection_ids(client)})")
     result = SearchResult(url, [])
     seen: set[str] = set()
     try:
