@@ -7,10 +7,10 @@ multiples of the model's downsampling factor, and the image edge is handled exac
 run handles it (zero padding at the end only), the blockwise result equals a whole-array run of the same
 model for any chunking, up to float rounding.
 
-Workers compute; the client writes. Each finished block is written by the client into a staging
-GeoTIFF (classes) and the Zarr store (probabilities), then the GeoTIFF is copied into COG layout and
-both are renamed into place. No lock is shared between workers, so a worker that dies mid-run just has
-its tasks recomputed elsewhere, giving identical output.
+Workers compute and write; the client plans and commits. Each block's class map is compressed into COG
+tiles and its probabilities into Zarr chunks by the workers (:mod:`polarxr.io`), under temporary names that
+the client renames into place when every block is done. No lock is shared between workers, so a worker
+that dies mid-run just has its tasks recomputed elsewhere, giving identical output.
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-import rasterio
 import torch
 import xarray as xr
-import zarr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
-from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
 from polarxr.patches import normalise as normalise_patch
 from polarxr.scenes import ensure_not_empty, open_scene, valid_pixels
 
@@ -41,8 +38,10 @@ DEFAULT_CHUNK = 2048
 #: Per device: (edge in px of the tiles a block is segmented in, tiles per forward pass). Small tiles
 #: one at a time keep a CPU worker's activations to a few hundred MB; a GPU wants large batched work.
 DEFAULT_TILING: dict[str, tuple[int, int]] = {"cpu": (512, 1), "cuda": (2048, 4)}
-#: Probabilities are stored as uint8: p * 255, rounded.
-PROBABILITY_SCALE = 255
+#: Probabilities are stored as uint8: p * 254, rounded; 255 marks pixels without data (CF ``_FillValue``,
+#: ``scale_factor`` 1/254: ``xr.open_zarr`` decodes them to 0..1 and NaN).
+PROBABILITY_SCALE = 254
+PROBABILITY_FILL = 255
 
 
 @dataclass
@@ -199,11 +198,11 @@ def _probabilities_block(
 
 
 def _encode_block(probs: np.ndarray, block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """uint8 ``(1 + class, y, x)``: row 0 the class (255 on nodata), then probabilities x 255."""
+    """uint8 ``(1 + class, y, x)``: row 0 the class (255 on nodata), then probabilities x 254 (255 on nodata)."""
     valid = valid_pixels(block, nodata)
     classes = np.where(valid, probs.argmax(axis=0), NO_LABEL).astype(np.uint8)
     scaled = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
-    scaled[:, ~valid] = 0
+    scaled[:, ~valid] = PROBABILITY_FILL
     return np.concatenate([classes[None], scaled])
 
 
@@ -300,46 +299,71 @@ def encoded_blocks(scene: xr.DataArray, probs: xr.DataArray) -> da.Array:
 
 
 # --------------------------------------------------------------------------------------------- writing
-class _SceneWriter:
-    """Client-side writer of one scene's outputs: staging GeoTIFF windows and Zarr regions.
+def class_map(scene: xr.DataArray, encoded: da.Array) -> xr.DataArray:
+    """The class map ``DataArray(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) of :func:`encoded_blocks`, on the scene's grid."""
+    out = xr.DataArray(encoded[0], dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
+    return out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
 
-    Both outputs live under temporary names until :meth:`close` with ``ok=True`` renames them into place;
-    ``ok=False`` removes them.
+
+def probability_dataset(scene: xr.DataArray, encoded: da.Array, chunk: int, tags: dict) -> xr.Dataset:
+    """The stored probabilities: ``probability (class, y, x)`` uint8, CF-encoded so that ``xr.open_zarr`` decodes
+    them to floats 0..1 (NaN where the scene has no data) with the scene's CRS (``grid_mapping``).
+
+    Zarr chunks are ``chunk`` px; every dask block covers whole Zarr chunks, so each task writes its own.
     """
+    probs = xr.DataArray(
+        encoded[1:], dims=("class", "y", "x"), name="probability",
+        coords={"class": np.array([CLASS_NAMES[c] for c in range(N_CLASSES)], dtype=object), "y": scene.y, "x": scene.x},
+    )
+    probs = probs.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
+    probs.attrs.update(scale_factor=np.float32(1 / PROBABILITY_SCALE), add_offset=np.float32(0),
+                       _FillValue=np.uint8(PROBABILITY_FILL), units="1", long_name="class probability", **tags)
+    probs.encoding["chunks"] = (N_CLASSES, min(chunk, scene.sizes["y"]), min(chunk, scene.sizes["x"]))
+    return probs.to_dataset()
 
-    def __init__(self, scene: xr.DataArray, probs: xr.DataArray, out_tif: Path, out_zarr: Path | None, tags: dict):
-        self.scene, self.out_tif, self.out_zarr = scene, out_tif, out_zarr
-        self._outputs = ExitStack()
-        staging = self._outputs.enter_context(cog_staging(out_tif))
-        profile = dict(driver="GTiff", width=scene.sizes["x"], height=scene.sizes["y"], count=1, dtype="uint8",
-                       nodata=NO_LABEL, crs=scene.rio.crs, transform=scene.rio.transform(), **STAGING_OPTIONS)
-        self._tif = rasterio.open(staging, "w", **profile)
-        self._tif.update_tags(**tags)
-        self._tif.set_band_description(1, "class (0 land, 1 sea, 2 ice, 255 nodata)")
-        self._zarr = None
+
+def _block_done(block: np.ndarray) -> np.ndarray:
+    return np.zeros((1, 1, 1), np.uint8)
+
+
+@dataclass
+class _ScenePlan:
+    """One scene's graph: its outputs (under temporary names until committed) and per-block markers."""
+
+    scene: xr.DataArray
+    out_tif: Path | str
+    out_zarr: Path | str | None
+    writes: list
+    markers: list
+    locations: list
+    outputs: ExitStack
+
+
+def _plan_scene(scene: xr.DataArray, probs: xr.DataArray, out_tif, out_zarr, tags: dict, chunk: int) -> _ScenePlan:
+    """Build the writes of one scene: the class COG and the probability Zarr, both written by the workers."""
+    from polarxr.io import atomic_path, cog_graph, zarr_graph
+
+    encoded = encoded_blocks(scene, probs)
+    outputs = ExitStack()
+    try:
+        tmp_tif = outputs.enter_context(atomic_path(out_tif))
+        writes = [cog_graph(class_map(scene, encoded), tmp_tif, nodata=NO_LABEL, tags=tags,
+                            description="class (0 land, 1 sea, 2 ice, 255 nodata)")]
         if out_zarr is not None:
-            tmp = self._outputs.enter_context(atomic_path(out_zarr))
-            # uniform Zarr chunks (the last dask chunk may be wider); the client is the only writer
-            uniform = {"y": probs.chunks[1][0], "x": probs.chunks[2][0]}
-            template = xr.zeros_like(probs, dtype=np.uint8).chunk(uniform).to_dataset(name="probability")
-            template["probability"].attrs.update(scale=1 / PROBABILITY_SCALE, units="1", **tags)
-            template.to_zarr(tmp, mode="w", zarr_format=3, compute=False, consolidated=False)
-            self._zarr = zarr.open_array(tmp / "probability", mode="r+")
-
-    def write(self, location: tuple[slice, slice], encoded: np.ndarray) -> None:
-        ys, xs = location
-        window = rasterio.windows.Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-        self._tif.write(encoded[0], 1, window=window)
-        if self._zarr is not None:
-            self._zarr[:, ys, xs] = encoded[1:]
-
-    def close(self, ok: bool) -> None:
-        self._tif.close()
-        if ok:
-            self._outputs.close()
-        else:
-            failure = RuntimeError("prediction failed")
-            self._outputs.__exit__(RuntimeError, failure, None)
+            tmp_zarr = outputs.enter_context(atomic_path(out_zarr))
+            writes.append(zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr))
+    except BaseException:
+        outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)
+        raise
+    # a tiny task per block: progress as blocks finish, and the block's place when one fails
+    markers = encoded.map_blocks(_block_done, chunks=(1, 1, 1), dtype=np.uint8).to_delayed()
+    y_edges = np.cumsum((0,) + encoded.chunks[1])
+    x_edges = np.cumsum((0,) + encoded.chunks[2])
+    flat, locations = [], []
+    for (_, i, j), marker in np.ndenumerate(markers):
+        flat.append(marker)
+        locations.append((slice(int(y_edges[i]), int(y_edges[i + 1])), slice(int(x_edges[j]), int(x_edges[j + 1]))))
+    return _ScenePlan(scene, out_tif, out_zarr, writes, flat, locations, outputs)
 
 
 def predict_scenes(
@@ -411,42 +435,38 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
             return _run(scenes, outputs, checkpoint, local_client, options, progress)
     tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
     started = time.perf_counter()
-    plans, futures, where = [], [], {}
+    plans: list[_ScenePlan] = []
     try:
-        for index, (scene_path, (out_tif, out_zarr)) in enumerate(zip(scenes, outputs)):
+        for scene_path, (out_tif, out_zarr) in zip(scenes, outputs):
             scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]})
             ensure_not_empty(scene)
             probs = probabilities(scene, checkpoint, **options)
-            encoded = encoded_blocks(scene, probs)
-            plans.append(_SceneWriter(scene, probs, Path(out_tif), out_zarr, tags))
-            y_edges = np.cumsum((0,) + encoded.chunks[1])
-            x_edges = np.cumsum((0,) + encoded.chunks[2])
-            blocks = encoded.to_delayed()
-            for (_, i, j), block in np.ndenumerate(blocks):
-                where_key = len(futures)
-                futures.append(block)
-                where[where_key] = (index, (slice(y_edges[i], y_edges[i + 1]), slice(x_edges[j], x_edges[j + 1])))
-        submitted = client.compute(futures, retries=2)
-        index_of = {f.key: k for k, f in enumerate(submitted)}
-        for done, future in enumerate(as_completed(submitted), start=1):
-            scene_index, location = where[index_of[future.key]]
+            plans.append(_plan_scene(scene, probs, out_tif, out_zarr, tags, options["chunk"]))
+        # one graph for every scene: the writes (which compute the blocks) and a marker per block
+        all_writes = [w for plan in plans for w in plan.writes]
+        futures = client.compute(all_writes + [m for plan in plans for m in plan.markers], retries=2)
+        writes, markers = futures[:len(all_writes)], futures[len(all_writes):]
+        where = [(plan, location) for plan in plans for location in plan.locations]
+        index_of = {f.key: k for k, f in enumerate(markers)}
+        for done, future in enumerate(as_completed(markers), start=1):
+            plan, (ys, xs) = where[index_of[future.key]]
             try:
-                encoded_block = future.result()
+                future.result()
             except Exception as err:  # a block failed on a worker even after retries: name the scene
-                ys, xs = location
-                raise SceneError(plans[scene_index].scene.attrs["source"],
+                raise SceneError(plan.scene.attrs["source"],
                                  f"segmentation failed in rows {ys.start}-{ys.stop}, columns {xs.start}-{xs.stop}: "
                                  f"{type(err).__name__}: {err}") from err
-            plans[scene_index].write(location, encoded_block)
             future.release()
             if progress:
-                progress(done, len(submitted))
+                progress(done, len(markers))
+        for future in writes:
+            future.result()
     except BaseException:
         for plan in plans:
-            plan.close(ok=False)
+            plan.outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)
         raise
-    for plan in plans:
-        plan.close(ok=True)
+    for plan in plans:  # the client commits: a rename (or, on object storage, a copy with metadata last)
+        plan.outputs.close()
     seconds = time.perf_counter() - started
     total_px = sum(p.scene.sizes["y"] * p.scene.sizes["x"] for p in plans)
     return [

@@ -15,6 +15,8 @@ import torch
 from distributed import Client, LocalCluster
 from scene_files import PRODUCT, write_chart, write_scene
 
+from polarxr.io import cog_problems
+
 from polarxr.errors import ModelError, SceneError
 from polarxr.models import build_model
 from polarxr.predict import normalise, predict_scene, probabilities, segment_array
@@ -90,17 +92,18 @@ def test_predict_scene_writes_cog_on_input_grid(files, client, tmp_path):
     cog = rioxarray.open_rasterio(result.class_map)
     assert cog.rio.crs == scene.rio.crs and cog.rio.transform() == scene.rio.transform()
     assert cog.shape == (1, 300, 260) and cog.dtype == np.uint8 and cog.rio.nodata == 255
-    with rasterio.open(result.class_map) as src:
-        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert cog_problems(result.class_map) == []
     expected, valid = whole_array(scene_path, checkpoint)
     classes = cog.values[0]
     np.testing.assert_array_equal(classes[valid], expected[:, valid].argmax(0))
     assert (classes[~valid] == 255).all()
     import xarray as xr
 
-    stored = xr.open_zarr(result.probabilities, consolidated=False)["probability"]
+    stored = xr.open_zarr(result.probabilities, consolidated=False, decode_coords="all")["probability"]
     assert stored.dims == ("class", "y", "x") and list(stored["class"].values) == ["land", "sea", "ice"]
-    np.testing.assert_allclose(stored.values[:, valid] / 255, expected[:, valid], atol=1 / 255)
+    assert stored.rio.crs == scene.rio.crs and np.issubdtype(stored.dtype, np.floating)  # CF-decoded: 0..1, NaN on nodata
+    np.testing.assert_allclose(stored.values[:, valid], expected[:, valid], atol=0.5 / 254 + 1e-6)
+    assert np.isnan(stored.values[:, ~valid]).all()
     assert result.quicklook.stat().st_size > 1000
     assert set(result.metrics) >= {"mean_iou", "overall_accuracy"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
