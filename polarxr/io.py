@@ -193,7 +193,7 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
               description: str | None = None, tags: dict[str, str] | None = None):
     """A dask ``Delayed`` that writes a (lazy) ``DataArray(y, x)`` with a CRS as a COG at ``path``.
 
-    Workers compress each 512 px tile once (DEFLATE, horizontal predictor), write the tiles as parts
+    Workers compress each 512 px tile once (DEFLATE; horizontal predictor for integers), write the tiles as parts
     (local: ``.<name>.parts/`` beside ``path``; ``s3://``: a multipart upload, invisible until complete) and
     one task joins them behind the header; overviews (nearest neighbour, halving down to one tile) are
     computed by the workers too. Nothing passes through the client. ``path`` is written as given: wrap it
@@ -219,7 +219,9 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
     data.attrs = {"long_name": description or data.name or "band 1", **(
         {"nodata": nodata} if nodata is not None else {})}
     height, width = data.shape
-    parts = save_cog_with_dask(data, "", compression="DEFLATE", level=COG_LEVEL, predictor=True,
+    # horizontal differencing for integers; floats' predictor would need imagecodecs, so they go without
+    predictor = 2 if np.issubdtype(data.dtype, np.integer) else 1
+    parts = save_cog_with_dask(data, "", compression="DEFLATE", level=COG_LEVEL, predictor=predictor,
                                blocksize=[COG_BLOCKSIZE, COG_BLOCKSIZE], overview_resampling="nearest",
                                stats=False, bigtiff=True)
     from odc.geo.cog._tifffile import _band_names, _gdal_sample_descriptions
