@@ -65,10 +65,12 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
 
 @app.command()
 def process(
-    inbox: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (charts beside them are used for metrics), "
-                                               "or a STAC ItemCollection / Catalog JSON listing scenes.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
+    inbox: Annotated[str, typer.Argument(help="Folder of scene GeoTIFFs (charts beside them are used for metrics), "
+                                              "or a STAC ItemCollection / Catalog JSON listing scenes; "
+                                              "a local path or an s3:// prefix.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (or s3:// prefix): <scene>/ per scene and "
+                                                         "ledger.sqlite.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (polarxr train); path or s3:// URL.")],
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",
@@ -77,7 +79,7 @@ def process(
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
                                                        help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
     region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail.")] = None,
-    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
+    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk: required when OUT is on object storage).")] = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,

@@ -55,6 +55,61 @@ def as_target(path: Target) -> Target:
     return str(path) if is_url(path) else Path(path)
 
 
+def as_path(path: Target):
+    """A pathlib-like path: :class:`Path` locally, a universal_pathlib ``UPath`` for URLs (``s3://``).
+
+    Pass ``str(path)`` to GDAL, rasterio, pyogrio and torch: they read URLs themselves (``/vsis3/``).
+    """
+    if is_url(path):
+        from upath import UPath
+
+        return UPath(str(path), use_listings_cache=False)
+    return Path(path)
+
+
+def open_binary(path: Target, mode: str = "rb"):
+    """A binary file object of a local path or a URL (fsspec)."""
+    import fsspec
+
+    return fsspec.open(str(path), mode).open()
+
+
+def size_of(path: Target) -> int:
+    """Bytes of a file, or of all files of a folder (a Zarr store); -1 when missing. Local or URL."""
+    if is_url(path):
+        fs = filesystem(path)
+        fs.invalidate_cache()
+        if not fs.exists(str(path)):
+            return -1
+        return int(fs.du(str(path), total=True)) if fs.isdir(str(path)) else int(fs.size(str(path)))
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else -1
+
+
+def local_copy(path: Target) -> Path:
+    """``path`` itself when local; for a URL, a copy in this machine's temporary folder, fetched once per
+    version of the object (keyed by URL and ETag/modification time) and shared by the processes here."""
+    if not is_url(path):
+        return Path(path)
+    import hashlib
+    import tempfile
+
+    fs = filesystem(path)
+    fs.invalidate_cache()
+    info = fs.info(str(path))
+    version = str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("size"))
+    key = hashlib.sha256(f"{path}|{version}".encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / "polarxr-cache" / key / name_of(path)
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary(local)
+        fs.get(str(path), str(tmp))
+        os.replace(tmp, local)
+    return local
+
+
 def name_of(path: Target) -> str:
     """The last part of a path or URL."""
     return str(path).rstrip("/").rsplit("/", 1)[-1]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -40,7 +39,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from polarxr.errors import ModelError, PolarxrError, SceneError
-from polarxr.io import TEMPORARY_NAME
+from polarxr.io import TEMPORARY_NAME, as_path, is_url, open_binary, remove, size_of
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
 from polarxr.region import check_intersects, read_region
 
@@ -76,17 +75,17 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """
     from polarxr.scenes import chart_name_for, parse_product_name, scene_catalog
 
-    inbox = Path(inbox)
+    inbox = as_path(inbox)
     if inbox.is_file():
         from polarxr.stac import read_scene_hrefs
 
         found = []
         for item_id, href in read_scene_hrefs(inbox):
-            if "://" in href:
+            if "://" in href and not href.startswith("s3://"):
                 found.append(InboxScene(item_id, Path(href), problem=f"{href}: remote scene assets are not read; "
                                         "download the scene and reference the local file"))
                 continue
-            path = Path(href)
+            path = as_path(href)
             try:
                 start = parse_product_name(path).start
             except ValueError as err:
@@ -102,10 +101,10 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     for row in catalog.itertuples(index=False):
         start = getattr(row, "start", None)
         if start is None or start != start:  # NaT / NaN: not a product name
-            found.append(InboxScene(row.scene, Path(row.path), problem=(
-                f"{Path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
+            found.append(InboxScene(row.scene, as_path(row.path), problem=(
+                f"{as_path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
         else:
-            found.append(InboxScene(row.scene, Path(row.path), row.chart, start.to_pydatetime()))
+            found.append(InboxScene(row.scene, as_path(row.path), row.chart, start.to_pydatetime()))
     return found
 
 
@@ -122,7 +121,7 @@ class SceneOutputs:
 
     @classmethod
     def for_scene(cls, out_dir: str | Path, scene: str) -> SceneOutputs:
-        folder = Path(out_dir) / scene
+        folder = as_path(out_dir) / scene
         return cls(folder, folder / f"{scene}{CLASS_MAP_SUFFIX}", folder / f"{scene}{PROBABILITIES_SUFFIX}",
                    folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json")
 
@@ -134,10 +133,7 @@ class SceneOutputs:
 
 def output_size(path: str | Path) -> int:
     """Bytes of a file, or of all files of a folder (a Zarr store); -1 when missing."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else -1
+    return size_of(path)
 
 
 def check_outputs(record: SceneRecord) -> str | None:
@@ -151,7 +147,7 @@ def check_outputs(record: SceneRecord) -> str | None:
         if kind in sizes and output_size(path) != sizes[kind]:
             return f"output {path} has changed size ({sizes[kind]} -> {output_size(path)} B; truncated or overwritten?)"
     try:
-        with rasterio.open(outputs["class_map"]) as src:
+        with rasterio.open(str(outputs["class_map"])) as src:
             if src.count != 1 or src.dtypes[0] != "uint8":
                 return f"output {outputs['class_map']} is not a class map (bands {src.count}, {src.dtypes[0]})"
     except RasterioError as err:
@@ -165,7 +161,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     if folder.is_dir():
         for path in folder.iterdir():
             if TEMPORARY_NAME.match(path.name):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                remove(str(path))
                 removed.append(path)
     return removed
 
@@ -173,7 +169,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()
@@ -181,7 +177,7 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
 
 def model_version(checkpoint: str | Path) -> str:
     """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     if not checkpoint.is_file():
         raise ModelError(checkpoint, "checkpoint does not exist")
     return file_sha256(checkpoint)[:16]
@@ -293,7 +289,7 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         # Not client.as_current(): it flips dask's global config, which threads would race on; the
         # metrics run on the default scheduler (the local cluster's client, or threads here).
         try:
-            metrics = evaluate_prediction(outputs.class_map, entry.chart)
+            metrics = evaluate_prediction(str(outputs.class_map), entry.chart)
         except PolarxrError as err:  # a bad chart costs the metrics, not the product
             message = f"metrics against the chart skipped: {err}"
     written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
@@ -350,11 +346,14 @@ def process_inbox(
     """
     from polarxr import __version__
 
-    inbox, out_dir, checkpoint = Path(inbox), Path(out_dir), Path(checkpoint)
+    inbox, out_dir, checkpoint = as_path(inbox), as_path(out_dir), as_path(checkpoint)
+    if is_url(out_dir) and ledger_path is None:
+        raise PolarxrError(out_dir, "is on object storage: give a ledger on a local disk (--ledger PATH)")
     tic = time.perf_counter()
     model_hash = model_version(checkpoint)
     region_frame = read_region(region) if region else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_url(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
     run_id = uuid.uuid4().hex[:12]
     report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())

@@ -30,6 +30,7 @@ import xarray as xr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
+from polarxr.io import as_path, local_copy
 from polarxr.patches import normalise as normalise_patch
 from polarxr.scenes import ensure_not_empty, open_scene, valid_pixels
 
@@ -73,7 +74,7 @@ def worker_model(checkpoint: str | Path, device: str | None = None) -> tuple[tor
     retrained checkpoint at the same path is picked up.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = os.fspath(checkpoint)
+    path = os.fspath(local_copy(checkpoint))  # a checkpoint on object storage is fetched once per machine
     return _cached_model(path, os.stat(path).st_mtime_ns, device)
 
 
@@ -247,7 +248,7 @@ def probabilities(
     ``chunk``. ``tile``/``batch_size`` default per worker device (:data:`DEFAULT_TILING`).
     ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
     """
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     model, meta = worker_model(checkpoint, device="cpu")
     _check_compatible(scene, meta, checkpoint)
     halo, multiple = _geometry(model, meta)
@@ -386,11 +387,11 @@ def predict_scenes(
     ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 255), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     charts = list(charts) if charts is not None else [None] * len(scenes)
     outputs = []
     for path in scenes:
-        stem = Path(path).name.split(".")[0]
+        stem = as_path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
     options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
     results = _run(scenes, outputs, checkpoint, client, options, progress)
@@ -414,7 +415,7 @@ def predict_scene(
     seamless: bool = True,
 ) -> PredictionResult:
     """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook, metrics)."""
-    outputs = [(Path(out_tif), Path(probabilities) if probabilities else None)]
+    outputs = [(as_path(out_tif), as_path(probabilities) if probabilities else None)]
     options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
     (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
@@ -427,7 +428,7 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     from polarxr import __version__
     from polarxr.cluster import get_client
 
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     if not checkpoint.exists():
         raise ModelError(checkpoint, "checkpoint file does not exist")
     if client is None:
@@ -471,7 +472,7 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     total_px = sum(p.scene.sizes["y"] * p.scene.sizes["x"] for p in plans)
     return [
         PredictionResult(
-            scene=Path(p.scene.attrs["source"]),
+            scene=as_path(p.scene.attrs["source"]),
             class_map=p.out_tif,
             probabilities=p.out_zarr,
             seconds=seconds * (p.scene.sizes["y"] * p.scene.sizes["x"]) / max(total_px, 1),
@@ -487,12 +488,12 @@ def _finish(result: PredictionResult, chart: str | Path | None, quicklook: str |
     if quicklook:
         from polarxr.quicklook import class_quicklook
 
-        target = Path(quicklook) if not isinstance(quicklook, bool) else result.class_map.with_name(
+        target = as_path(quicklook) if not isinstance(quicklook, bool) else result.class_map.with_name(
             result.class_map.name.replace("_class.tif", "_quicklook.png"))
-        class_quicklook(result.class_map, target, scene=result.scene)
+        class_quicklook(str(result.class_map), target, scene=str(result.scene))
         result.quicklook = target
     if chart:
         from polarxr.evaluate import evaluate_prediction
 
-        result.metrics = evaluate_prediction(result.class_map, chart)
+        result.metrics = evaluate_prediction(str(result.class_map), chart)
 
