@@ -324,7 +324,10 @@ ProgressCallback = Callable[[str, str], None]
 def _scene_pairs(scenes: pd.DataFrame | Iterable[tuple[str | Path, str | Path | None]]) -> list[tuple[Path, Path | None]]:
     if isinstance(scenes, pd.DataFrame):
         scenes = zip(scenes["path"], scenes["chart"])
-    pairs = [(Path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else Path(c)) for s, c in scenes]
+    from polarxr.io import as_path
+
+    pairs = [(as_path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else as_path(c))
+             for s, c in scenes]
     if not pairs:
         raise CubeError(None, "no scenes given")
     names = [p.stem for p, _ in pairs]

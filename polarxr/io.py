@@ -292,8 +292,11 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
             tiles = [dask.bag.concat(tiles[:4]), *tiles[4:]]
         bucket, key = s3_parse_url(str(path))
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return S3MultiPartUpload(bucket, key, endpoint_url=endpoint).upload(
-            tiles, mk_header=_exact_header, user_kw=user_kw)
+        upload = S3MultiPartUpload(bucket, key, endpoint_url=endpoint)
+        # started here, so the tasks carry the upload id: odc-geo would otherwise start it from the first
+        # task under a distributed.Lock, whose call no longer fits distributed >= 2025
+        upload.initiate(ContentType="image/tiff; application=geotiff; profile=cloud-optimized")
+        return upload.upload(tiles, mk_header=_exact_header, user_kw=user_kw)
     return mpu_write(tiles, MPUFileSink(os.fspath(path)), mk_header=_exact_header, user_kw=user_kw)
 
 
