@@ -32,3 +32,7 @@ class ModelError(PolarxrError):
 
 class ClusterError(PolarxrError):
     """A Dask cluster that cannot be started or reached."""
+
+
+class OutputBusyError(PolarxrError):
+    """An output that another run is writing at this moment."""

@@ -217,6 +217,39 @@ def atomic_path(path: Target) -> Iterator[Target]:
                 remove(leftover)
 
 
+@contextlib.contextmanager
+def output_lock(paths) -> Iterator[None]:
+    """Hold every local output of ``paths`` for this run; another run writing any of them is refused.
+
+    Raises :class:`polarxr.errors.OutputBusyError` naming the output. The locks are advisory file locks
+    (``flock``) in this machine's temporary folder, keyed by the absolute path, released when the run ends
+    or dies: they serialize runs on one machine. Object-storage outputs are not locked (S3 has no locks:
+    two runs there both write complete outputs and the last commit wins).
+    """
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    from polarxr.errors import OutputBusyError
+
+    folder = Path(tempfile.gettempdir()) / "polarxr-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        for path in paths:
+            if path is None or is_url(path):
+                continue
+            absolute = str(Path(path).absolute())
+            lock = FileLock(folder / f"{hashlib.sha256(absolute.encode()).hexdigest()[:24]}.lock", timeout=0,
+                            thread_local=False)
+            try:
+                held.enter_context(lock)
+            except Timeout:
+                raise OutputBusyError(absolute, "is being written by another polarxr run; wait for it to finish "
+                                                "or write elsewhere") from None
+        yield
+
+
 # ------------------------------------------------------------------------------------------ COG
 def _gdal_items(tags: dict[str, str]) -> list[str]:
     from xml.sax.saxutils import escape

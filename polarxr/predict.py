@@ -30,7 +30,7 @@ import xarray as xr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
-from polarxr.io import as_path, local_copy
+from polarxr.io import as_path, local_copy, output_lock
 from polarxr.patches import normalise as normalise_patch
 from polarxr.scenes import ensure_not_empty, open_scene, valid_pixels
 
@@ -423,9 +423,6 @@ def predict_scene(
 
 
 def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
-    from distributed import as_completed
-
-    from polarxr import __version__
     from polarxr.cluster import get_client
 
     checkpoint = as_path(checkpoint)
@@ -434,6 +431,15 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     if client is None:
         with get_client() as local_client:
             return _run(scenes, outputs, checkpoint, local_client, options, progress)
+    with output_lock([p for pair in outputs for p in pair]):
+        return _run_locked(scenes, outputs, checkpoint, client, options, progress)
+
+
+def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
+    from distributed import as_completed
+
+    from polarxr import __version__
+
     tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
     started = time.perf_counter()
     plans: list[_ScenePlan] = []

@@ -118,3 +118,39 @@ def test_labels_written_by_threads_and_cluster_are_identical(two_workers, tmp_pa
         np.testing.assert_array_equal(x.read(1, out_shape=(175, 125)), y.read(1, out_shape=(175, 125)))
         assert x.profile == y.profile
     assert cog_problems(b) == []
+
+
+def test_a_second_run_writing_the_same_output_is_refused(scene_and_model, two_workers, tmp_path):
+    """While one run writes pred.tif, another run for the same output stops with a clear message."""
+    import threading
+
+    from polarxr.errors import OutputBusyError
+
+    scene_path, checkpoint = scene_and_model
+    first_is_writing, second_tried = threading.Event(), threading.Event()
+    errors = []
+
+    def hold(done, total):
+        first_is_writing.set()
+        second_tried.wait(60)
+
+    def first():
+        try:
+            predict_scene(scene_path, checkpoint, tmp_path / "pred.tif", chunk=160, client=two_workers, progress=hold)
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert first_is_writing.wait(120)
+        with pytest.raises(OutputBusyError, match=r"pred\.tif: is being written by another polarxr run"):
+            predict_scene(scene_path, checkpoint, tmp_path / "pred.tif", chunk=160, client=two_workers)
+    finally:
+        second_tried.set()
+        thread.join(120)
+    assert not errors
+    with rasterio.open(tmp_path / "pred.tif") as src:  # the first run completed undisturbed
+        np.testing.assert_array_equal(src.read(1), _reference(scene_path, checkpoint)[0])
+    # once it is done, the output can be written again
+    predict_scene(scene_path, checkpoint, tmp_path / "pred.tif", chunk=160, client=two_workers)
