@@ -93,6 +93,57 @@ def cube_build(scene_path: Path, chart_path: Path, cube: Path, size: int, mode: 
     return result.patches
 
 
+def storage_sweep(scene_path: Path, workdir: Path, size: int, n_patches: int, console: Console) -> None:
+    """Cube storage layouts: patches per inner chunk x compressor; write rate, size, random batch reads.
+
+    Patches are real windows of the synthetic scene (image, 3 bands uint8) and its label-like first band;
+    each layout writes the same ``n_patches`` into a sharded Zarr v3 array (256 patches per shard) and then
+    reads 50 batches of 28 random patches one patch at a time, as the training DataLoader does.
+    """
+    import os
+
+    import rasterio
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    with rasterio.open(scene_path) as src:
+        pixels = src.read()
+    bands, height, width = pixels.shape
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, height - size, n_patches)
+    cols = rng.integers(0, width - size, n_patches)
+    patches = np.stack([pixels[:, r:r + size, c:c + size] for r, c in zip(rows, cols)])
+    table = Table(title=f"cube storage: {n_patches} patches of {bands} x {size} x {size} uint8, shards of 256 "
+                        f"patches, loadavg {os.getloadavg()[0]:.1f}")
+    for column in ("patches / chunk", "compressor", "write patches / s", "MiB", "vs raw", "batch of 28 ms"):
+        table.add_column(column, justify="right")
+    raw = patches.nbytes
+    for per_chunk in (1, 8, 16, 32, 64):
+        for name, codec in (("zstd-5 bitshuffle", BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")),
+                            ("zstd-1 bitshuffle", BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")),
+                            ("zstd-3 bitshuffle", BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")),
+                            ("lz4 bitshuffle", BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"))):
+            if per_chunk == 1 and name.startswith("zstd-") and not name.startswith("zstd-5"):
+                continue
+            store = workdir / f"layout-{per_chunk}-{name.split()[0]}.zarr"
+            array = zarr.create_array(store, shape=patches.shape, dtype="uint8", chunks=(per_chunk, bands, size, size),
+                                      shards=(256, bands, size, size), compressors=codec, overwrite=True)
+            started = time.perf_counter()
+            for lo in range(0, n_patches, 256):
+                array[lo:lo + 256] = patches[lo:lo + 256]
+            write_s = time.perf_counter() - started
+            mib = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20
+            reader = zarr.open_array(store, mode="r")
+            started = time.perf_counter()
+            for _ in range(50):
+                for k in rng.integers(0, n_patches, 28):
+                    reader[int(k)]
+            batch_ms = (time.perf_counter() - started) / 50 * 1000
+            table.add_row(str(per_chunk), name, f"{n_patches / write_s:,.0f}", f"{mib:.1f}",
+                          f"{mib * 2**20 / raw:.2f}", f"{batch_ms:.1f}")
+    console.print(table)
+
+
 def timed(func, *args) -> tuple[int, float]:
     started = time.perf_counter()
     n = func(*args)
@@ -110,6 +161,8 @@ def main() -> None:
     parser.add_argument("--modes", default="random,grid")
     parser.add_argument("--scene-seed", type=int, default=5, help="seed of the synthetic scene")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--storage", action="store_true", help="only the storage layout sweep")
+    parser.add_argument("--storage-patches", type=int, default=4096)
     args = parser.parse_args()
 
     from polarxr.cluster import get_client
@@ -120,6 +173,9 @@ def main() -> None:
     started = time.perf_counter()
     made = make_scene(workdir / "scene", seed=args.scene_seed, size=(args.size, args.size))
     console.print(f"synthetic {args.size} x {args.size} scene written in {time.perf_counter() - started:.1f} s")
+    if args.storage:
+        storage_sweep(made.scene, workdir, args.patch_size, args.storage_patches, console)
+        return
     modes = args.modes.split(",")
     workers = [int(w) for w in args.workers.split(",")]
     rows: dict[str, list] = {mode: [] for mode in modes}

@@ -23,7 +23,8 @@ def predict(
     out: str = typer.Option(..., "--out", "-o", help="Class map COG for one scene; an output folder for a folder."),
     probabilities: str = typer.Option(None, help="Probability Zarr (one scene); folders always get <scene>_probability.zarr."),
     chart: str = typer.Option(None, help="Ice chart of the scene (or a folder of seaice_s1_*.shp): print metrics."),
-    chunk: int = typer.Option(2048, help="Block edge in px (multiple of the model's downsampling factor, >= its halo)."),
+    chunk: int = typer.Option(None, help="Block edge in px (multiple of the model's downsampling factor, >= its halo) "
+                                         "[default: 2048 on CPU workers, 6144 on GPU workers]."),
     tile: int = typer.Option(None, help="Tile edge in px that blocks are segmented in [default: 512 on CPU, 2048 on GPU]."),
     batch_size: int = typer.Option(None, help="Tiles per forward pass [default: 1 on CPU, 4 on GPU]."),
     quicklook: bool = typer.Option(True, help="Write a PNG quicklook beside each class map."),
