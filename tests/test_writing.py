@@ -154,3 +154,20 @@ def test_a_second_run_writing_the_same_output_is_refused(scene_and_model, two_wo
         np.testing.assert_array_equal(src.read(1), _reference(scene_path, checkpoint)[0])
     # once it is done, the output can be written again
     predict_scene(scene_path, checkpoint, tmp_path / "pred.tif", chunk=160, client=two_workers)
+
+
+def test_device_encoding_equals_the_host_encoding():
+    """The uint8 encoding done on the worker's device (softmax -> argmax, p x 254) equals numpy's, ties and
+    rounding edges (k + 0.5) / 254 included, so CPU results do not depend on where it runs."""
+    import torch
+
+    from polarxr.predict import _device_encode, encode_probabilities
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet([1, 1, 1], size=(64, 256)).transpose(2, 0, 1).astype(np.float32)
+    probs[:, 0, :8] = np.float32(1 / 3)  # ties: the first maximum wins
+    probs[0, 1, :254] = ((np.arange(254) + 0.5) / 254).astype(np.float32)  # halfway cases
+    host = encode_probabilities(probs)
+    device = _device_encode(torch.from_numpy(probs)[None])[0].numpy()
+    np.testing.assert_array_equal(device, host)
+    assert host.dtype == np.uint8 and host[0, 0, :8].tolist() == [0] * 8
