@@ -36,7 +36,7 @@ def predict(
     """Segment scenes into sea, ice and land, blockwise with overlap, on a Dask cluster.
 
     Writes a class map (uint8 COG: 0 land, 1 sea, 2 ice, 255 nodata) on the scene's grid and CRS, class
-    probabilities (uint8 Zarr, p x 255) and a quicklook; with --chart, metrics against the ice chart.
+    probabilities (uint8 Zarr, p x 254, 255 nodata; xr.open_zarr decodes 0..1) and a quicklook; with --chart, metrics against the ice chart.
     """
     from polarxr.io import as_path
     from polarxr.predict import predict_scene, predict_scenes

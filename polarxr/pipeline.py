@@ -5,7 +5,7 @@ Catalog / Collection JSON), segments those not yet done, several at once on a ``
 and writes per scene, in ``out_dir/<scene id>/``::
 
     <scene>_class.tif         class map COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS
-    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 255
+    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 254 (255 nodata; CF scale_factor)
     <scene>_quicklook.png     quicklook of the segmentation beside the scene
     <scene>.json              STAC Item describing the three (see :mod:`polarxr.stac`)
 

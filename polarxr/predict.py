@@ -410,7 +410,7 @@ def predict_scenes(
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
     Per scene: ``<stem>_class.tif`` (COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS),
-    ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 255), ``<stem>_quicklook.png`` and, where a
+    ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 254, 255 nodata; CF-decodable), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
     """
     out_dir = as_path(out_dir)
