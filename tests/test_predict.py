@@ -121,7 +121,8 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
     scene_path, _, checkpoint, _ = files
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        reference = predict_scene(scene_path, checkpoint, tmp_path / "ref.tif", chunk=64, client=client).class_map
+        reference = predict_scene(scene_path, checkpoint, tmp_path / "ref.tif", probabilities=tmp_path / "ref.zarr",
+                                  chunk=64, client=client).class_map
         pids = list(client.run(os.getpid).values())
         killed = threading.Event()
 
@@ -130,10 +131,15 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
                 killed.set()
                 os.kill(pids[0], signal.SIGKILL)
 
-        out = predict_scene(scene_path, checkpoint, tmp_path / "killed.tif", chunk=64, client=client,
-                            progress=kill_one).class_map
+        out = predict_scene(scene_path, checkpoint, tmp_path / "killed.tif", probabilities=tmp_path / "killed.zarr",
+                            chunk=64, client=client, progress=kill_one).class_map
         assert killed.is_set()
     np.testing.assert_array_equal(rioxarray.open_rasterio(out).values, rioxarray.open_rasterio(reference).values)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "killed.zarr" / "probability", mode="r")[:],
+                                  zarr.open_array(tmp_path / "ref.zarr" / "probability", mode="r")[:])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the workers' parts are gone too
 
 
 def test_unreadable_blocks_name_the_scene_and_leave_nothing(files, client, tmp_path):
