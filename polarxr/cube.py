@@ -71,6 +71,8 @@ from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
 FORMAT = "polarxr-training-cube/1"
 #: patches per shard file of ``image`` and ``label``
 SHARD = 256
+#: patches per inner (compressed) chunk of a shard: what one random read decompresses
+CHUNK_PATCHES = 1
 #: elements per chunk of the per-patch vectors
 VECTOR_CHUNK = 65536
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -206,10 +208,10 @@ class CubeWriter:
         size, bands = layout.patch_size, len(layout.band_names)
         fill = layout.nodata if layout.nodata is not None else (math.nan if "float" in layout.dtype else 0)
         root.create_array("image", shape=(0, bands, size, size), dtype=layout.dtype, fill_value=fill,
-                          chunks=(1, bands, size, size), shards=(SHARD, bands, size, size),
+                          chunks=(CHUNK_PATCHES, bands, size, size), shards=(SHARD, bands, size, size),
                           compressors=COMPRESSOR, dimension_names=("patch", "band", "y", "x"))
         root.create_array("label", shape=(0, size, size), dtype="uint8", fill_value=NO_LABEL,
-                          chunks=(1, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
+                          chunks=(CHUNK_PATCHES, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
                           dimension_names=("patch", "y", "x"))
         for name, (dtype, vector_fill) in VECTORS.items():
             root.create_array(name, shape=(0,), dtype=dtype, fill_value=vector_fill, chunks=(VECTOR_CHUNK,),
