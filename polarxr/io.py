@@ -43,6 +43,10 @@ TEMPORARY_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}")
 
 Target = str | Path
 
+#: fsspec options of every remote filesystem polarxr opens: listings change under us (other runs, commits),
+#: and a filesystem made earlier in the process may carry an endpoint or keys from another environment.
+FSSPEC_OPTIONS = {"use_listings_cache": False, "skip_instance_cache": True}
+
 
 # ------------------------------------------------------------------------------------------ locations
 def is_url(path: Target) -> bool:
@@ -63,7 +67,7 @@ def as_path(path: Target):
     if is_url(path):
         from upath import UPath
 
-        return UPath(str(path), use_listings_cache=False)
+        return UPath(str(path), **FSSPEC_OPTIONS)
     return Path(path)
 
 
@@ -71,7 +75,7 @@ def open_binary(path: Target, mode: str = "rb"):
     """A binary file object of a local path or a URL (fsspec)."""
     import fsspec
 
-    return fsspec.open(str(path), mode).open()
+    return fsspec.open(str(path), mode, **(FSSPEC_OPTIONS if is_url(path) else {})).open()
 
 
 def size_of(path: Target) -> int:
@@ -126,7 +130,7 @@ def filesystem(path: Target):
     """The fsspec filesystem of a URL (s3fs for ``s3://``; endpoint and keys from the ``AWS_*`` environment)."""
     import fsspec
 
-    return fsspec.core.url_to_fs(str(path))[0]
+    return fsspec.core.url_to_fs(str(path), **FSSPEC_OPTIONS)[0]
 
 
 def exists(path: Target) -> bool:
@@ -350,7 +354,7 @@ def write_cog(data: xr.DataArray, path: Target, nodata: float | int | None = Non
 # ------------------------------------------------------------------------------------------ Zarr
 def storage_options(path: Target) -> dict | None:
     """fsspec options for xarray/zarr of a URL (None locally): listings are not cached, as stores change."""
-    return {"use_listings_cache": False} if is_url(path) else None
+    return dict(FSSPEC_OPTIONS) if is_url(path) else None
 
 
 def zarr_graph(dataset: xr.Dataset, path: Target):

@@ -53,7 +53,7 @@ def s3_bucket():
                 time.sleep(0.2)
         import s3fs
 
-        fs = s3fs.S3FileSystem()
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir(BUCKET)
         yield f"s3://{BUCKET}"
     finally:

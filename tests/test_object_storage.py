@@ -29,8 +29,7 @@ POLARXR = Path(sys.executable).with_name("polarxr")
 
 
 def _keys(url: str) -> list[str]:
-    fs = s3fs.S3FileSystem()
-    fs.invalidate_cache()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
     return sorted(k.removeprefix(url.removeprefix("s3://")).lstrip("/") for k in fs.find(url))
 
 
@@ -41,7 +40,7 @@ def inputs(s3_bucket, tmp_path_factory):  # noqa: F811
     scene = write_scene(local / PRODUCT, shape=(300, 260), tile=64, nodata_margin=30)
     write_chart(local / f"{CHART}.shp")
     checkpoint = make_random_checkpoint(local / "unet.pt")
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
     for path in local.iterdir():
         fs.put(str(path), f"{s3_bucket}/in/{path.name}")
     return local, scene, checkpoint, f"{s3_bucket}/in"
@@ -67,9 +66,10 @@ def test_predict_reads_and_writes_s3_like_local_disk(inputs, client, s3_bucket, 
     with rasterio.open(reference.class_map) as a, rasterio.open(f"{out}/pred.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
         assert a.profile == b.profile
-    stored = zarr.open_array(f"{out}/prob.zarr/probability", mode="r", storage_options={"anon": False})[:]
+    stored = zarr.open_array(f"{out}/prob.zarr/probability", mode="r", storage_options={"skip_instance_cache": True})[:]
     np.testing.assert_array_equal(stored, zarr.open_array(tmp_path / "prob.zarr" / "probability", mode="r")[:])
-    decoded = xr.open_zarr(f"{out}/prob.zarr", consolidated=False, decode_coords="all")["probability"]
+    decoded = xr.open_zarr(f"{out}/prob.zarr", consolidated=False, decode_coords="all",
+                           storage_options={"skip_instance_cache": True})["probability"]
     assert decoded.rio.crs is not None
     keys = _keys(out)
     assert "pred.tif" in keys and "pred.png" in keys and "prob.zarr/zarr.json" in keys
@@ -85,7 +85,7 @@ def test_failed_run_leaves_nothing_under_the_final_keys(inputs, client, s3_bucke
     with open(broken, "r+b") as f:
         f.seek(offset)
         f.write(b"\xff" * 64)
-    s3fs.S3FileSystem().put(str(broken), f"{s3_bucket}/broken/{PRODUCT}")
+    s3fs.S3FileSystem(skip_instance_cache=True).put(str(broken), f"{s3_bucket}/broken/{PRODUCT}")
     out = f"{s3_bucket}/failed"
     with pytest.raises(SceneError, match=PRODUCT):
         predict_scene(f"{s3_bucket}/broken/{PRODUCT}", f"{remote}/unet.pt", f"{out}/pred.tif",
