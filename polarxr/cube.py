@@ -18,14 +18,16 @@ in the train patches, for class weighting), ``patch_counts`` (split -> class cod
 ``n_patches`` (committed patches), ``scene_records`` (per scene: source, chart, first patch, count, split,
 sampler, draw summary, statistics), ``version`` and ``format``.
 
-Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches, each patch its own
-inner chunk ``(1, band, P, P)``. A DataLoader reading random patches decompresses just those patches (the
-shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
+Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches in inner chunks of 8
+patches ``(8, band, P, P)``. A DataLoader reading random patches decompresses just the chunks holding them
+(the shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
 of one per patch; plain chunks of 256 patches would decompress 256 patches for each one read (about 6x
-slower random reads measured on 64 px 8-bit patches), while sharding costs about 0.5 ms per patch more
-when writing. Compression: Blosc zstd level 5 with bit-shuffle (speckled backscatter compresses best
-bit-plane-wise: about 0.66 of the raw size on synthetic 8-bit scenes, a little better than LZ4; labels
-are long runs). The per-patch vectors are chunks of 65536.
+slower random reads measured on 64 px 8-bit patches). Compression: Blosc LZ4 with bit-shuffle (speckled
+backscatter compresses best bit-plane-wise: 0.68 of the raw size on synthetic 8-bit scenes; labels are
+long runs). Measured (``benchmarks/cube_bench.py --storage``, ``benchmarks/results/writing_cpu.md``): 8
+patches per chunk with LZ4 write 6.9x faster than one patch per chunk with zstd-5 and read random batches
+of 28 patches as fast; zstd-1/3 save 1-2 % of space for a 1.5x slower write. The per-patch vectors are
+chunks of 65536.
 
 Building: for each scene, patches are chosen (:mod:`polarxr.samplers`) and cut (:mod:`polarxr.patches`)
 chunk-wise on the active dask scheduler (a ``distributed`` client when one is set up: workers write
@@ -72,7 +74,7 @@ FORMAT = "polarxr-training-cube/1"
 #: patches per shard file of ``image`` and ``label``
 SHARD = 256
 #: patches per inner (compressed) chunk of a shard: what one random read decompresses
-CHUNK_PATCHES = 1
+CHUNK_PATCHES = 8
 #: elements per chunk of the per-patch vectors
 VECTOR_CHUNK = 65536
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -83,7 +85,7 @@ VECTORS: dict[str, tuple[str, float | int]] = {
     "patch_label": ("uint8", NO_LABEL), "scene": ("int32", -1), "row": ("int32", -1), "col": ("int32", -1),
     "x": ("float64", math.nan), "y": ("float64", math.nan), "split": ("uint8", 255),
 }
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 def __getattr__(name: str):
