@@ -154,8 +154,16 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     float32 sigma0); nodata stays in ``.rio.nodata`` (see :func:`valid_mask`). ``chunks`` is an int
     edge in pixels or a dict; by default whole multiples of the file's tiles near 2048 px.
     Product-name fields are in ``attrs`` when the name is a Sentinel-1 product name.
+
+    A Sentinel-1 GRD product as delivered (a ``.SAFE`` folder or ``.zip``) is calibrated, denoised and
+    geocoded lazily onto the ExtremeEarth grid (:mod:`polarxr.ingest`): float32 linear sigma0, bands
+    named after its polarisations, NaN = no data.
     """
     path = Path(path)
+    from polarxr.ingest.safe import is_product
+
+    if is_product(path):
+        return _open_product(path, chunks)
     with _open_raster(path) as src:
         if src.crs is None:
             raise SceneError(path, "has no CRS; a georeferenced scene is needed (e.g. polar stereographic)")
@@ -185,6 +193,17 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     except ValueError:
         pass
     scene.attrs = attrs
+    return scene
+
+
+def _open_product(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArray:
+    from polarxr.ingest import geocode, open_product
+
+    edge = chunks if isinstance(chunks, int) else (chunks or {}).get("y", DEFAULT_CHUNK)
+    product = open_product(path)
+    scene = geocode(product, chunk=edge if edge and edge > 0 else DEFAULT_CHUNK)
+    scene.name = "backscatter"
+    scene.attrs = {"source": str(path), "units": "linear", "band_names": product.bands, **product.product.attrs()}
     return scene
 
 
