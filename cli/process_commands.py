@@ -65,7 +65,8 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
 
 @app.command()
 def process(
-    inbox: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (charts beside them are used for metrics), "
+    inbox: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs or Sentinel-1 GRD products (.SAFE folders, .zip; "
+                                               "ingested first; charts beside them are used for metrics), "
                                                "or a STAC ItemCollection / Catalog JSON listing scenes.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
