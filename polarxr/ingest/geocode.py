@@ -2,8 +2,8 @@
 
 Per output chunk: the centres of its pixels are mapped to the product's (line, pixel) through the inverse
 of the geolocation grid; only the input window those cover is read from the measurement; the window is
-calibrated (:mod:`polarxr.ingest.radiometry`) and resampled bilinearly (``scipy.ndimage.map_coordinates``,
-order 1); when the output pixel is coarser than the input (IW 10 m to 40 m), ``f x f`` sub-pixel positions
+calibrated (:mod:`polarxr.ingest.radiometry`) and resampled bilinearly (the four neighbours of each
+position, clamped at the image's edges; a neighbour without data makes the pixel NaN); when the output pixel is coarser than the input (IW 10 m to 40 m), ``f x f`` sub-pixel positions
 (``f = round(output / input spacing)``) are each resampled bilinearly and averaged (an area average).
 Outside the swath (and where the product holds DN 0) the output is NaN.
 
@@ -44,7 +44,6 @@ from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio.windows import Window
 from scipy.interpolate import LinearNDInterpolator
-from scipy.ndimage import map_coordinates
 from scipy.spatial import Delaunay
 
 from polarxr.errors import ProductError
@@ -206,17 +205,38 @@ def lattice_nodes(inverse: GeolocationInverse, grid: TargetGrid) -> np.ndarray:
 
 
 def _at(nodes: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear interpolation of the lattice at (fractional) output positions ``rows x cols``."""
+    """Bilinear interpolation of the lattice at (fractional) output positions ``rows x cols``.
+
+    Separable: along each lattice row first (a value per lattice row and column, the same in any block),
+    then between lattice rows, so every pixel's value depends only on its own position.
+    """
     i = np.floor(rows / LATTICE).astype(int)
     j = np.floor(cols / LATTICE).astype(int)
     ty = ((rows - i * LATTICE) / LATTICE)[:, None]
-    tx = ((cols - j * LATTICE) / LATTICE)[None, :]
+    tx = (cols - j * LATTICE) / LATTICE
+    k = np.arange(i.min(), i.max() + 2)
     out = []
     for v in nodes:
-        a, b = v[np.ix_(i, j)], v[np.ix_(i, j + 1)]
-        c, d = v[np.ix_(i + 1, j)], v[np.ix_(i + 1, j + 1)]
-        out.append((a * (1 - tx) + b * tx) * (1 - ty) + (c * (1 - tx) + d * tx) * ty)
+        along = v[k][:, j] * (1 - tx) + v[k][:, j + 1] * tx  # (lattice rows, cols)
+        out.append(along[i - k[0]] * (1 - ty) + along[i + 1 - k[0]] * ty)
     return out[0], out[1]
+
+
+def _bilinear(values: np.ndarray, index: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``values`` at precomputed bilinear positions (see :func:`_stencil`); NaN where a neighbour is NaN."""
+    flat, t, u = index
+    v, w = values.ravel(), values.shape[1]
+    return ((v.take(flat) * (1 - u) + v.take(flat + 1) * u) * (1 - t)
+            + (v.take(flat + w) * (1 - u) + v.take(flat + w + 1) * u) * t)
+
+
+def _stencil(line: np.ndarray, pixel: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Upper-left neighbour (flat index) and weights of bilinear interpolation in a window of ``shape``,
+    clamped at its edges."""
+    i = np.clip(np.floor(line).astype(np.int64), 0, shape[0] - 2)
+    j = np.clip(np.floor(pixel).astype(np.int64), 0, shape[1] - 2)
+    return (i * shape[1] + j, np.clip(line - i, 0.0, 1.0).astype(np.float32),
+            np.clip(pixel - j, 0.0, 1.0).astype(np.float32))
 
 
 def supersampling(product: GrdProduct, grid: TargetGrid) -> int:
@@ -246,13 +266,15 @@ def geocode_block(rows: np.ndarray, cols: np.ndarray, *, nodes: np.ndarray, meas
     c1 = int(min(n_pixels, np.ceil(pixel[valid].max()) + 2))
     window = Window(c0, r0, c1 - c0, r1 - r0)
     win_lines, win_pixels = np.arange(r0, r1, dtype=float), np.arange(c0, c1, dtype=float)
-    coords = np.stack([np.where(valid, line - r0, 0.0), np.where(valid, pixel - c0, 0.0)])
+    index = _stencil(np.where(valid, line - r0, 0.0), np.where(valid, pixel - c0, 0.0), (max(r1 - r0, 2),
+                                                                                      max(c1 - c0, 2)))
     for band, (path, calibration) in enumerate(zip(measurements, calibrations)):
         with rasterio.open(path) as src:
-            dn = src.read(1, window=window)
+            dn = src.read(1, window=window, boundless=(r1 - r0 < 2 or c1 - c0 < 2), fill_value=0)
         s0 = sigma0(dn, win_lines, win_pixels, calibration, noises[band] if noises else None)
-        values = map_coordinates(s0, coords, order=1, mode="nearest", prefilter=False)
-        values = np.where(valid, values, np.nan)
+        if s0.shape[0] < 2 or s0.shape[1] < 2:  # a one-line or one-column window: repeat it
+            s0 = np.pad(s0, ((0, 2 - min(2, s0.shape[0])), (0, 2 - min(2, s0.shape[1]))), mode="edge")
+        values = np.where(valid, _bilinear(s0, index), np.float32(np.nan))
         if factor > 1:
             values = values.reshape(len(rows), factor, len(cols), factor)
             with np.errstate(invalid="ignore"):
