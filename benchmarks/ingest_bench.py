@@ -6,10 +6,13 @@
 
 Measured in one run:
 
-- **polarxr** on 1 and 2 local workers (``--workers``; one thread each, a fresh cluster per size):
-  :func:`polarxr.ingest.ingest_product` end to end (calibration, thermal-noise removal, geocoding chunk by
-  chunk, COG written by the workers' blocks and copied into COG layout, STAC Item); output Mpx/s (grid pixels
-  of both bands, per second of wall time) and the peak resident memory of every worker during the run;
+- **polarxr geocode** on 1 and 2 local workers (``--workers``; one thread each, a fresh cluster per size):
+  every output block computed (calibration, thermal-noise removal, geocoding chunk by chunk) and reduced
+  to a count, so nothing but the blocks is timed, as for the warp; output Mpx/s (grid pixels of both
+  bands, per second of wall time) and the peak resident memory of every worker during the run;
+- **polarxr ingest** on the largest worker count (every count with ``--cog-each``):
+  :func:`polarxr.ingest.ingest_product` end to end (the same blocks, the COG written by the workers' blocks
+  through :func:`polarxr.io.write_cog` and copied into COG layout, STAC Item);
 - **whole-array warp** in this process: both measurements read whole, calibrated and denoised as whole
   arrays (the same :func:`polarxr.ingest.radiometry.sigma0`), each warped with
   ``rasterio.warp.reproject(gcps=..., SRC_METHOD="GCP_TPS", bilinear)`` onto the same grid, kept in memory
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="3GiB", help="Memory limit of each worker.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the table to this Markdown file.")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--cog-each", action="store_true",
+                        help="Time the end-to-end ingest (COG written) on every worker count, not only the largest.")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -93,6 +98,8 @@ def main() -> None:
             rows.append((f"polarxr geocode only (blocks computed and reduced), {workers}", seconds,
                          out_px / seconds / 1e6, max(worker_peak_mib(client))))
             print(rows[-1], flush=True)
+            if n != max(args.workers) and not args.cog_each:
+                continue
             reset_worker_peaks(client)
             tic = time.perf_counter()
             ingest_product(product, workdir / f"out{n}", chunk=args.chunk)
