@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,15 +12,9 @@ from rich.markup import escape
 from polarxr.cli.app import app
 from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
                                  client_from_options)
+from polarxr.cli.synth_commands import Product as ProductKind  # the same two products: 8bit, float
 
 console = Console()
-
-
-class ProductKind(StrEnum):
-    """What ``ingest`` writes."""
-
-    float = "float"
-    eightbit = "8bit"
 
 
 @app.command()

@@ -207,6 +207,14 @@ def _open_product(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArr
     return scene
 
 
+def _product_measurement(path: str | Path) -> str:
+    """The GDAL path of a product's first measurement (what :func:`ensure_not_empty` samples)."""
+    from polarxr.ingest import open_product
+
+    product = open_product(path)
+    return product.polarisations[product.bands[0]].measurement
+
+
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
     """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data."""
     nodata = scene.rio.nodata
@@ -234,7 +242,11 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     Reads a decimated view (at most ``max_side`` px a side) through GDAL, so memory stays small.
     """
     path = scene.attrs.get("source")
-    with _open_raster(path) as src:
+    from polarxr.ingest.safe import is_product
+
+    product = path is not None and is_product(path)
+    # a delivered product: sample its measurement (0 = no data), opened by GDAL (inside a zip, too)
+    with (rasterio.open(_product_measurement(path)) if product else _open_raster(path)) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
         try:

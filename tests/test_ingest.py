@@ -325,6 +325,12 @@ def test_process_inbox_ingests_products_once_keyed_by_product(tmp_path, grd):
         shutil.rmtree(inbox / grd.path.name)  # only the zip is left: still the same product, done
         second = process_inbox(inbox, out, checkpoint, client=client, chunk=512)
         assert [o.status for o in second.outcomes] == ["up-to-date"]
+        # predict takes the product itself too (open_scene geocodes it): the same classes
+        from polarxr.predict import predict_scene
+
+        predict_scene(grd.zip_path, checkpoint, tmp_path / "direct.tif", chunk=512, client=client)
+        with rasterio.open(tmp_path / "direct.tif") as src:
+            np.testing.assert_array_equal(src.read(1), classes)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
@@ -299,15 +301,9 @@ def geocode(product: GrdProduct, grid: TargetGrid | None = None, denoise: bool =
     pols = product.bands
     # the lattice goes into the graph once (a delayed key every block depends on), not once per task
     shared = dask.delayed(nodes, pure=True)
-    data = da.blockwise(
-        _block, "byx", da.arange(grid.shape[0], chunks=chunk), "y", da.arange(grid.shape[1], chunks=chunk), "x",
-        shared, None, new_axes={"b": len(pols)}, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
-        concatenate=True,
-        measurements=tuple(product.polarisations[p].measurement for p in pols),
-        calibrations=tuple(product.polarisations[p].calibration for p in pols),
-        noises=tuple(product.polarisations[p].noise for p in pols) if denoise else None,
-        shape=product.shape, factor=supersampling(product, grid),
-    )
+    with warnings.catch_warnings():  # one output block per (row chunk, column chunk), as intended
+        warnings.simplefilter("ignore", da.PerformanceWarning)
+        data = _blocks(grid, chunk, shared, product, pols, denoise)
     out = xr.DataArray(data, dims=("band", "y", "x"),
                        coords={"band": pols, "y": grid.y(np.arange(grid.shape[0])),
                                "x": grid.x(np.arange(grid.shape[1]))},
@@ -316,6 +312,18 @@ def geocode(product: GrdProduct, grid: TargetGrid | None = None, denoise: bool =
     out = out.rio.write_nodata(np.nan, encoded=False)
     out.attrs.update(units="linear", band_names=pols, product=product.name)
     return out
+
+
+def _blocks(grid: TargetGrid, chunk: int, shared, product: GrdProduct, pols: list[str], denoise: bool) -> da.Array:
+    return da.blockwise(
+        _block, "byx", da.arange(grid.shape[0], chunks=chunk), "y", da.arange(grid.shape[1], chunks=chunk), "x",
+        shared, None, new_axes={"b": len(pols)}, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
+        concatenate=True,
+        measurements=tuple(product.polarisations[p].measurement for p in pols),
+        calibrations=tuple(product.polarisations[p].calibration for p in pols),
+        noises=tuple(product.polarisations[p].noise for p in pols) if denoise else None,
+        shape=product.shape, factor=supersampling(product, grid),
+    )
 
 
 def _block(rows: np.ndarray, cols: np.ndarray, nodes: np.ndarray, **kwargs) -> np.ndarray:
