@@ -121,8 +121,9 @@ def main() -> None:
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, seconds, rate, peak in rows:
         lines.append(f"| {name} | {seconds:.1f} | {rate:.2f} | {rate / rows[-1][2]:.2f} | {peak:,.0f} MiB |")
-    lines += ["", "polarxr's time includes writing the COG (staging GeoTIFF + COG copy with overviews) and the STAC",
-              "Item; the warp's keeps its output in memory. Command: `python benchmarks/ingest_bench.py "
+    lines += ["", "The geocode rows and the warp keep their output in memory (no file); the ingest row includes writing",
+              "the COG (staging GeoTIFF + COG copy with overviews) and the STAC Item. Command: "
+              "`python benchmarks/ingest_bench.py "
               f"--size {args.size[0]} {args.size[1]} --workers {' '.join(map(str, args.workers))}`."]
     text = "\n".join(lines) + "\n"
     print(text)

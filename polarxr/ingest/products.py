@@ -27,6 +27,7 @@ import xarray as xr
 from pyproj import CRS
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.sar import FrequencyBand, Polarization, SarExtension
+from pystac.extensions.sat import SatExtension
 
 from polarxr.errors import ProductError
 from polarxr.ingest.geocode import DEFAULT_CHUNK, TargetGrid, geocode, target_grid
@@ -138,13 +139,14 @@ def product_item(product: GrdProduct, scene: Path, kind: str, db: bool, denoise:
         properties={"start_datetime": name.start.replace(tzinfo=UTC).isoformat(),
                     "end_datetime": name.stop.replace(tzinfo=UTC).isoformat(),
                     "platform": f"sentinel-{name.mission[1:].lower()}", "constellation": "sentinel-1",
-                    "instruments": ["c-sar"], "sat:absolute_orbit": name.absolute_orbit,
-                    "sat:relative_orbit": name.relative_orbit,
+                    "instruments": ["c-sar"],
                     "polarxr:processing": {"product": kind, "units": "dn" if kind == "8bit" else ("dB" if db else "linear"),
                                            "thermal_noise_removed": denoise, "ipf_version": product.ipf_version}})
     sar = SarExtension.ext(item, add_if_missing=True)
     sar.apply(instrument_mode=name.mode, frequency_band=FrequencyBand.C,
               polarizations=[Polarization(p) for p in product.bands], product_type=name.product_type)
+    sat = SatExtension.ext(item, add_if_missing=True)
+    sat.absolute_orbit, sat.relative_orbit = name.absolute_orbit, name.relative_orbit
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = crs.to_epsg()
     proj.code = f"EPSG:{epsg}" if epsg else None
