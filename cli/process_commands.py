@@ -73,8 +73,9 @@ def process(
                                                          "ledger.sqlite.")],
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (polarxr train); path or s3:// URL.")],
     inbox: Annotated[str | None, typer.Argument(
-        help="Folder of scene GeoTIFFs (charts beside them are used for metrics), or a STAC ItemCollection / "
-             "Catalog JSON listing scenes; a local path or an s3:// prefix. Not with --stac-api.")] = None,
+        help="Folder of scene GeoTIFFs or Sentinel-1 GRD products (.SAFE folders, .zip; ingested first; charts "
+             "beside them are used for metrics), or a STAC ItemCollection / Catalog JSON listing scenes; a local "
+             "path or an s3:// prefix. Not with --stac-api.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",

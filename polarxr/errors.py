@@ -36,3 +36,7 @@ class ClusterError(PolarxrError):
 
 class OutputBusyError(PolarxrError):
     """An output that another run is writing at this moment."""
+
+
+class ProductError(PolarxrError):
+    """A Sentinel-1 product (``.SAFE`` folder or ``.zip``) that cannot be ingested."""

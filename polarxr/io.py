@@ -305,12 +305,15 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     data = data.drop_vars([c for c in data.coords if c not in ("y", "x", "spatial_ref")])
+    if data.ndim == 3:  # (band, y, x): the band names become the band descriptions
+        names = [str(b) for b in (data.attrs.get("band_names") or range(1, data.shape[0] + 1))]
+        data = data.assign_coords({data.dims[0]: np.array(names, dtype=str)})
     if nodata is not None:
         data = data.rio.write_nodata(nodata, encoded=False)
     data = data.copy()
-    data.attrs = {"long_name": description or data.name or "band 1", **(
-        {"nodata": nodata} if nodata is not None else {})}
-    height, width = data.shape
+    data.attrs = {**({"long_name": description or data.name or "band 1"} if data.ndim == 2 else {}),
+                  **({"nodata": nodata} if nodata is not None else {})}
+    height, width = data.shape[-2:]
     # horizontal differencing for integers; floats' predictor would need imagecodecs, so they go without
     predictor = 2 if np.issubdtype(data.dtype, np.integer) else 1
     parts = save_cog_with_dask(data, "", compression="DEFLATE", level=COG_LEVEL, predictor=predictor,
