@@ -69,6 +69,11 @@ class InboxScene:
     problem: str | None = None
 
 
+def _is_product(path) -> bool:
+    """A Sentinel-1 product as delivered (read from local disk only; object-storage inboxes hold GeoTIFFs)."""
+    return not is_url(path) and is_product(path)
+
+
 def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """The scenes of an inbox folder (``*.tif``, ``*.tiff``, with ``seaice_s1_*.shp`` charts beside them) or
     of a STAC ItemCollection / Catalog / Collection / Item JSON file, in acquisition order.
@@ -306,7 +311,7 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         grid = open_scene(entry.path)
         check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
     scene_path = entry.path
-    if is_product(entry.path):
+    if _is_product(entry.path):
         # the product's manifest lists every file's MD5: its digest identifies the delivery
         checksum = file_sha256(entry.path / "manifest.safe" if entry.path.is_dir() else entry.path)
         scene_path = _ingest_for(entry, outputs, checkpoint)
@@ -466,7 +471,7 @@ def _signature(path: Path) -> tuple[int, float]:
     """
     if not path.exists():
         return -1, 0.0
-    if is_product(path):
+    if _is_product(path):
         if path.is_dir():
             manifest = path / "manifest.safe"
             return (manifest.stat().st_size if manifest.exists() else -1), 0.0

@@ -20,7 +20,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from polarxr.errors import SceneError
-from polarxr.io import as_path
+from polarxr.io import as_path, is_url
 
 #: Target chunk edge in pixels when the caller gives none; rounded to the file's tiles.
 DEFAULT_CHUNK = 2048
@@ -163,7 +163,7 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     path = as_path(path)
     from polarxr.ingest.safe import is_product
 
-    if is_product(path):
+    if not is_url(path) and is_product(path):  # products as delivered are read from local disk
         return _open_product(path, chunks)
     with _open_raster(path) as src:
         if src.crs is None:
