@@ -101,8 +101,9 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 @app.command()
 def sample(
-    scenes_dir: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (Sentinel-1 product names).")],
-    charts_dir: Annotated[Path | None, typer.Argument(
+    scenes_dir: Annotated[str, typer.Argument(help="Folder of scene GeoTIFFs (Sentinel-1 product names); "
+                                                   "a local path or an s3:// prefix, as CHARTS_DIR.")],
+    charts_dir: Annotated[str | None, typer.Argument(
         help="Folder of ice charts seaice_s1_<start>.shp (default: SCENES_DIR).")] = None,
     cube: Annotated[Path, typer.Option("--cube", "-o", help="Zarr training cube to create or append to.")] = Path("cube.zarr"),
     patch_size: Annotated[int, typer.Option("--patch-size", min=1, help="Patch edge in pixels.")] = 64,

@@ -17,12 +17,14 @@ console = Console()
 
 @app.command()
 def predict(
-    scene: Path = typer.Argument(..., help="Scene GeoTIFF, or a folder of scenes segmented as one dask graph."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint written by `polarxr train`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Class map COG for one scene; an output folder for a folder."),
-    probabilities: Path = typer.Option(None, help="Probability Zarr (one scene); folders always get <scene>_probability.zarr."),
-    chart: Path = typer.Option(None, help="Ice chart of the scene (or a folder of seaice_s1_*.shp): print metrics."),
-    chunk: int = typer.Option(2048, help="Block edge in px (multiple of the model's downsampling factor, >= its halo)."),
+    scene: str = typer.Argument(..., help="Scene GeoTIFF, or a folder of scenes segmented as one dask graph "
+                                          "(local paths or s3:// URLs, here and below)."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint written by `polarxr train`."),
+    out: str = typer.Option(..., "--out", "-o", help="Class map COG for one scene; an output folder for a folder."),
+    probabilities: str = typer.Option(None, help="Probability Zarr (one scene); folders always get <scene>_probability.zarr."),
+    chart: str = typer.Option(None, help="Ice chart of the scene (or a folder of seaice_s1_*.shp): print metrics."),
+    chunk: int = typer.Option(None, help="Block edge in px (multiple of the model's downsampling factor, >= its halo) "
+                                         "[default: 2048 on CPU workers, 6144 on GPU workers]."),
     tile: int = typer.Option(None, help="Tile edge in px that blocks are segmented in [default: 512 on CPU, 2048 on GPU]."),
     batch_size: int = typer.Option(None, help="Tiles per forward pass [default: 1 on CPU, 4 on GPU]."),
     quicklook: bool = typer.Option(True, help="Write a PNG quicklook beside each class map."),
@@ -34,11 +36,15 @@ def predict(
     """Segment scenes into sea, ice and land, blockwise with overlap, on a Dask cluster.
 
     Writes a class map (uint8 COG: 0 land, 1 sea, 2 ice, 255 nodata) on the scene's grid and CRS, class
-    probabilities (uint8 Zarr, p x 255) and a quicklook; with --chart, metrics against the ice chart.
+    probabilities (uint8 Zarr, p x 254, 255 nodata; xr.open_zarr decodes 0..1) and a quicklook; with --chart, metrics against the ice chart.
     """
+    from polarxr.io import as_path
     from polarxr.predict import predict_scene, predict_scenes
     from polarxr.progress import make_progress
     from polarxr.scenes import scene_catalog
+
+    scene, out = as_path(scene), as_path(out)
+    chart = as_path(chart) if chart else None
 
     with client_from_options(cluster, scheduler, workers, tls_dir) as client, make_progress() as bar:
         task = bar.add_task("segmenting blocks", total=None)

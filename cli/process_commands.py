@@ -69,12 +69,13 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
 
 @app.command()
 def process(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
-    inbox: Annotated[Path | None, typer.Argument(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (or s3:// prefix): <scene>/ per scene and "
+                                                         "ledger.sqlite.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (polarxr train); path or s3:// URL.")],
+    inbox: Annotated[str | None, typer.Argument(
         help="Folder of scene GeoTIFFs or Sentinel-1 GRD products (.SAFE folders, .zip; ingested first; charts "
-             "beside them are used for metrics), or a STAC ItemCollection / Catalog JSON listing scenes. "
-             "Not with --stac-api.")] = None,
+             "beside them are used for metrics), or a STAC ItemCollection / Catalog JSON listing scenes; a local "
+             "path or an s3:// prefix. Not with --stac-api.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",
@@ -84,7 +85,8 @@ def process(
                                                        help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
     region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail; "
                                                 "with --stac-api also the search area.")] = None,
-    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
+    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk: "
+                                                "required when OUT is on object storage).")] = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -122,7 +124,7 @@ def process(
                                  param_hint="INBOX / --stac-api")
     if stac_api is not None:
         inbox = _stac_inbox(stac_api, search_filter(collection, region, bbox, since, mode),
-                            Path(ledger).parent if ledger else out, page_size, timeout)
+                            Path(ledger).parent if ledger else Path(out), page_size, timeout)
     else:
         for name, value in (("--bbox", bbox), ("--since", since), ("--mode", mode)):
             if value is not None:

@@ -18,14 +18,16 @@ in the train patches, for class weighting), ``patch_counts`` (split -> class cod
 ``n_patches`` (committed patches), ``scene_records`` (per scene: source, chart, first patch, count, split,
 sampler, draw summary, statistics), ``version`` and ``format``.
 
-Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches, each patch its own
-inner chunk ``(1, band, P, P)``. A DataLoader reading random patches decompresses just those patches (the
-shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
+Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches in inner chunks of 8
+patches ``(8, band, P, P)``. A DataLoader reading random patches decompresses just the chunks holding them
+(the shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
 of one per patch; plain chunks of 256 patches would decompress 256 patches for each one read (about 6x
-slower random reads measured on 64 px 8-bit patches), while sharding costs about 0.5 ms per patch more
-when writing. Compression: Blosc zstd level 5 with bit-shuffle (speckled backscatter compresses best
-bit-plane-wise: about 0.66 of the raw size on synthetic 8-bit scenes, a little better than LZ4; labels
-are long runs). The per-patch vectors are chunks of 65536.
+slower random reads measured on 64 px 8-bit patches). Compression: Blosc LZ4 with bit-shuffle (speckled
+backscatter compresses best bit-plane-wise: 0.68 of the raw size on synthetic 8-bit scenes; labels are
+long runs). Measured (``benchmarks/cube_bench.py --storage``, ``benchmarks/results/writing_cpu.md``): 8
+patches per chunk with LZ4 write 6.9x faster than one patch per chunk with zstd-5 and read random batches
+of 28 patches as fast; zstd-1/3 save 1-2 % of space for a 1.5x slower write. The per-patch vectors are
+chunks of 65536.
 
 Building: for each scene, patches are chosen (:mod:`polarxr.samplers`) and cut (:mod:`polarxr.patches`)
 chunk-wise on the active dask scheduler (a ``distributed`` client when one is set up: workers write
@@ -71,6 +73,8 @@ from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
 FORMAT = "polarxr-training-cube/1"
 #: patches per shard file of ``image`` and ``label``
 SHARD = 256
+#: patches per inner (compressed) chunk of a shard: what one random read decompresses
+CHUNK_PATCHES = 8
 #: elements per chunk of the per-patch vectors
 VECTOR_CHUNK = 65536
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -81,7 +85,7 @@ VECTORS: dict[str, tuple[str, float | int]] = {
     "patch_label": ("uint8", NO_LABEL), "scene": ("int32", -1), "row": ("int32", -1), "col": ("int32", -1),
     "x": ("float64", math.nan), "y": ("float64", math.nan), "split": ("uint8", 255),
 }
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 def __getattr__(name: str):
@@ -206,10 +210,10 @@ class CubeWriter:
         size, bands = layout.patch_size, len(layout.band_names)
         fill = layout.nodata if layout.nodata is not None else (math.nan if "float" in layout.dtype else 0)
         root.create_array("image", shape=(0, bands, size, size), dtype=layout.dtype, fill_value=fill,
-                          chunks=(1, bands, size, size), shards=(SHARD, bands, size, size),
+                          chunks=(CHUNK_PATCHES, bands, size, size), shards=(SHARD, bands, size, size),
                           compressors=COMPRESSOR, dimension_names=("patch", "band", "y", "x"))
         root.create_array("label", shape=(0, size, size), dtype="uint8", fill_value=NO_LABEL,
-                          chunks=(1, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
+                          chunks=(CHUNK_PATCHES, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
                           dimension_names=("patch", "y", "x"))
         for name, (dtype, vector_fill) in VECTORS.items():
             root.create_array(name, shape=(0,), dtype=dtype, fill_value=vector_fill, chunks=(VECTOR_CHUNK,),
@@ -324,7 +328,10 @@ ProgressCallback = Callable[[str, str], None]
 def _scene_pairs(scenes: pd.DataFrame | Iterable[tuple[str | Path, str | Path | None]]) -> list[tuple[Path, Path | None]]:
     if isinstance(scenes, pd.DataFrame):
         scenes = zip(scenes["path"], scenes["chart"])
-    pairs = [(Path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else Path(c)) for s, c in scenes]
+    from polarxr.io import as_path
+
+    pairs = [(as_path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else as_path(c))
+             for s, c in scenes]
     if not pairs:
         raise CubeError(None, "no scenes given")
     names = [p.stem for p, _ in pairs]

@@ -34,5 +34,9 @@ class ClusterError(PolarxrError):
     """A Dask cluster that cannot be started or reached."""
 
 
+class OutputBusyError(PolarxrError):
+    """An output that another run is writing at this moment."""
+
+
 class ProductError(PolarxrError):
     """A Sentinel-1 product (``.SAFE`` folder or ``.zip``) that cannot be ingested."""

@@ -47,7 +47,9 @@ def read_chart(path: str | Path, crs: CRS | str | None = None) -> gpd.GeoDataFra
     Raises :class:`ChartError` for an unreadable file, a missing ``poly_type``, unknown class codes,
     a chart without polygons or without a CRS, or a CRS that cannot be transformed to ``crs``.
     """
-    path = Path(path)
+    from polarxr.io import as_path
+
+    path = as_path(path)
     chart = read_vector_file(path, ChartError)
     if "poly_type" not in chart.columns:
         raise ChartError(path, f"has no 'poly_type' column (columns: {', '.join(map(str, chart.columns))})")

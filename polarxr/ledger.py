@@ -125,7 +125,9 @@ class SceneRecord:
     def outputs(self) -> dict[str, Path]:
         """The recorded output paths by kind (``class_map``, ``probabilities``, ``quicklook``, ``stac_item``)."""
         kinds = ("class_map", "probabilities", "quicklook", "stac_item")
-        return {k: Path(getattr(self, k)) for k in kinds if getattr(self, k)}
+        from polarxr.io import as_path
+
+        return {k: as_path(getattr(self, k)) for k in kinds if getattr(self, k)}
 
     def sizes(self) -> dict[str, int]:
         """Byte size of each output when it was recorded (a Zarr store: the sum of its files)."""

@@ -5,7 +5,7 @@ Catalog / Collection JSON), segments those not yet done, several at once on a ``
 and writes per scene, in ``out_dir/<scene id>/``::
 
     <scene>_class.tif         class map COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS
-    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 255
+    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 254 (255 nodata; CF scale_factor)
     <scene>_quicklook.png     quicklook of the segmentation beside the scene
     <scene>.json              STAC Item describing the three (see :mod:`polarxr.stac`)
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -41,7 +40,7 @@ from rasterio.errors import RasterioError
 
 from polarxr.errors import ModelError, PolarxrError, SceneError
 from polarxr.ingest.safe import is_product
-from polarxr.io import TEMPORARY_NAME
+from polarxr.io import TEMPORARY_NAME, as_path, is_url, open_binary, remove, size_of
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
 from polarxr.region import check_intersects, read_region
 
@@ -70,6 +69,11 @@ class InboxScene:
     problem: str | None = None
 
 
+def _is_product(path) -> bool:
+    """A Sentinel-1 product as delivered (read from local disk only; object-storage inboxes hold GeoTIFFs)."""
+    return not is_url(path) and is_product(path)
+
+
 def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """The scenes of an inbox folder (``*.tif``, ``*.tiff``, with ``seaice_s1_*.shp`` charts beside them) or
     of a STAC ItemCollection / Catalog / Collection / Item JSON file, in acquisition order.
@@ -79,17 +83,17 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """
     from polarxr.scenes import chart_name_for, parse_product_name, scene_catalog
 
-    inbox = Path(inbox)
+    inbox = as_path(inbox)
     if inbox.is_file():
         from polarxr.stac import read_scene_hrefs
 
         found = []
         for item_id, href in read_scene_hrefs(inbox):
-            if "://" in href:
+            if "://" in href and not href.startswith("s3://"):
                 found.append(InboxScene(item_id, Path(href), problem=f"{href}: remote scene assets are not read; "
                                         "download the scene and reference the local file"))
                 continue
-            path = Path(href)
+            path = as_path(href)
             try:
                 start = parse_product_name(path).start
             except ValueError as err:
@@ -105,10 +109,10 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     for row in catalog.itertuples(index=False):
         start = getattr(row, "start", None)
         if start is None or start != start:  # NaT / NaN: not a product name
-            found.append(InboxScene(row.scene, Path(row.path), problem=(
-                f"{Path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
+            found.append(InboxScene(row.scene, as_path(row.path), problem=(
+                f"{as_path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
         else:
-            found.append(InboxScene(row.scene, Path(row.path), row.chart, start.to_pydatetime()))
+            found.append(InboxScene(row.scene, as_path(row.path), row.chart, start.to_pydatetime()))
     return sorted(found, key=lambda s: (s.start is None, s.start or datetime.min, s.scene))
 
 
@@ -148,7 +152,7 @@ class SceneOutputs:
 
     @classmethod
     def for_scene(cls, out_dir: str | Path, scene: str) -> SceneOutputs:
-        folder = Path(out_dir) / scene
+        folder = as_path(out_dir) / scene
         return cls(folder, folder / f"{scene}{CLASS_MAP_SUFFIX}", folder / f"{scene}{PROBABILITIES_SUFFIX}",
                    folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json")
 
@@ -160,10 +164,7 @@ class SceneOutputs:
 
 def output_size(path: str | Path) -> int:
     """Bytes of a file, or of all files of a folder (a Zarr store); -1 when missing."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else -1
+    return size_of(path)
 
 
 def check_outputs(record: SceneRecord) -> str | None:
@@ -177,7 +178,7 @@ def check_outputs(record: SceneRecord) -> str | None:
         if kind in sizes and output_size(path) != sizes[kind]:
             return f"output {path} has changed size ({sizes[kind]} -> {output_size(path)} B; truncated or overwritten?)"
     try:
-        with rasterio.open(outputs["class_map"]) as src:
+        with rasterio.open(str(outputs["class_map"])) as src:
             if src.count != 1 or src.dtypes[0] != "uint8":
                 return f"output {outputs['class_map']} is not a class map (bands {src.count}, {src.dtypes[0]})"
     except RasterioError as err:
@@ -191,7 +192,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     if folder.is_dir():
         for path in folder.iterdir():
             if TEMPORARY_NAME.match(path.name):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                remove(str(path))
                 removed.append(path)
     return removed
 
@@ -199,7 +200,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()
@@ -207,7 +208,7 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
 
 def model_version(checkpoint: str | Path) -> str:
     """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     if not checkpoint.is_file():
         raise ModelError(checkpoint, "checkpoint does not exist")
     return file_sha256(checkpoint)[:16]
@@ -310,7 +311,7 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         grid = open_scene(entry.path)
         check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
     scene_path = entry.path
-    if is_product(entry.path):
+    if _is_product(entry.path):
         # the product's manifest lists every file's MD5: its digest identifies the delivery
         checksum = file_sha256(entry.path / "manifest.safe" if entry.path.is_dir() else entry.path)
         scene_path = _ingest_for(entry, outputs, checkpoint)
@@ -325,7 +326,7 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         # Not client.as_current(): it flips dask's global config, which threads would race on; the
         # metrics run on the default scheduler (the local cluster's client, or threads here).
         try:
-            metrics = evaluate_prediction(outputs.class_map, entry.chart)
+            metrics = evaluate_prediction(str(outputs.class_map), entry.chart)
         except PolarxrError as err:  # a bad chart costs the metrics, not the product
             message = f"metrics against the chart skipped: {err}"
     written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
@@ -398,11 +399,14 @@ def process_inbox(
     """
     from polarxr import __version__
 
-    inbox, out_dir, checkpoint = Path(inbox), Path(out_dir), Path(checkpoint)
+    inbox, out_dir, checkpoint = as_path(inbox), as_path(out_dir), as_path(checkpoint)
+    if is_url(out_dir) and ledger_path is None:
+        raise PolarxrError(out_dir, "is on object storage: give a ledger on a local disk (--ledger PATH)")
     tic = time.perf_counter()
     model_hash = model_version(checkpoint)
     region_frame = read_region(region) if region else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_url(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
     run_id = uuid.uuid4().hex[:12]
     report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())
@@ -467,7 +471,7 @@ def _signature(path: Path) -> tuple[int, float]:
     """
     if not path.exists():
         return -1, 0.0
-    if is_product(path):
+    if _is_product(path):
         if path.is_dir():
             manifest = path / "manifest.safe"
             return (manifest.stat().st_size if manifest.exists() else -1), 0.0

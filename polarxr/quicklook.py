@@ -23,7 +23,7 @@ from rasterio.enums import Resampling
 
 from polarxr.classes import CLASS_CODES, CLASS_COLOURS, CLASS_NAMES, NO_LABEL
 from polarxr.errors import SceneError
-from polarxr.io import atomic_path
+from polarxr.io import as_path, atomic_path, open_binary
 from polarxr.scenes import parse_product_name
 
 _DPI = 100
@@ -45,19 +45,19 @@ class _View:
 def _file_of(source: xr.DataArray) -> Path | None:
     """The GeoTIFF behind a DataArray when it still matches the file's grid (so it can be read decimated)."""
     path = source.attrs.get("source")
-    if not path or not Path(path).is_file():
+    if not path or not as_path(path).is_file():
         return None
-    with rasterio.open(path) as src:
+    with rasterio.open(str(path)) as src:
         same = (src.height, src.width) == (source.sizes["y"], source.sizes["x"])
         bands = source.sizes.get("band", 1)
-        return Path(path) if same and bands == src.count else None
+        return as_path(path) if same and bands == src.count else None
 
 
 def _read_file(path: Path, max_side: int, resampling: Resampling) -> _View:
     if not path.exists():
         raise SceneError(path, "file does not exist")
     try:
-        src = rasterio.open(path)
+        src = rasterio.open(str(path))
     except rasterio.errors.RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
     with src:
@@ -90,7 +90,7 @@ def _view(source: str | Path | xr.DataArray, max_side: int, resampling: Resampli
     if isinstance(source, xr.DataArray):
         path = _file_of(source)
         return _read_file(path, max_side, resampling) if path else _read_array(source, max_side)
-    return _read_file(Path(source), max_side, resampling)
+    return _read_file(as_path(source), max_side, resampling)
 
 
 def _valid(view: _View) -> np.ndarray:
@@ -216,9 +216,9 @@ def _show(ax, image: np.ndarray, extent: tuple[float, float, float, float]) -> N
 
 
 def _save(figure: Figure, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
+    out_png = as_path(out_png)
+    with atomic_path(out_png) as tmp, open_binary(tmp, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=_DPI, facecolor="white")
     return out_png
 
 

@@ -20,6 +20,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from polarxr.errors import SceneError
+from polarxr.io import as_path, is_url
 
 #: Target chunk edge in pixels when the caller gives none; rounded to the file's tiles.
 DEFAULT_CHUNK = 2048
@@ -116,11 +117,11 @@ def default_chunks(path: str | Path, target: int = DEFAULT_CHUNK) -> dict[str, i
 
 
 def _open_raster(path: str | Path) -> rasterio.DatasetReader:
-    path = Path(path)
+    path = as_path(path)
     if not path.exists():
         raise SceneError(path, "file does not exist")
     try:
-        return rasterio.open(path)
+        return rasterio.open(str(path))
     except RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
 
@@ -159,10 +160,10 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     geocoded lazily onto the ExtremeEarth grid (:mod:`polarxr.ingest`): float32 linear sigma0, bands
     named after its polarisations, NaN = no data.
     """
-    path = Path(path)
+    path = as_path(path)
     from polarxr.ingest.safe import is_product
 
-    if is_product(path):
+    if not is_url(path) and is_product(path):  # products as delivered are read from local disk
         return _open_product(path, chunks)
     with _open_raster(path) as src:
         if src.crs is None:
@@ -178,7 +179,7 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     elif isinstance(chunks, int):
         chunks = {"band": -1, "y": chunks, "x": chunks}
     try:
-        scene = rioxarray.open_rasterio(path, chunks=chunks, lock=False, masked=False)
+        scene = rioxarray.open_rasterio(str(path), chunks=chunks, lock=False, masked=False)
     except RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
     scene = scene.assign_coords(band=band_names)
@@ -265,10 +266,10 @@ def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) 
     (default: the scenes folder); ``chart`` is None where there is none. Sorted by start time;
     files whose names are not Sentinel-1 product names are listed with their path only.
     """
-    scenes_dir = Path(scenes_dir)
+    scenes_dir = as_path(scenes_dir)
     if not scenes_dir.is_dir():
         raise SceneError(scenes_dir, "is not a folder of scenes")
-    charts_dir = Path(charts_dir) if charts_dir is not None else scenes_dir
+    charts_dir = as_path(charts_dir) if charts_dir is not None else scenes_dir
     charts = {p.name.lower(): p for p in charts_dir.glob("*.shp")} if charts_dir.is_dir() else {}
     rows = []
     for path in sorted(scenes_dir.glob("*.tif")) + sorted(scenes_dir.glob("*.tiff")):

@@ -22,11 +22,13 @@ POLYGONAL = frozenset({"Polygon", "MultiPolygon"})
 
 def read_vector_file(path: str | Path, error: type[PolarxrError]) -> gpd.GeoDataFrame:
     """Read a shapefile, GeoJSON or GeoPackage; ``error`` for a missing or unreadable file."""
-    path = Path(path)
+    from polarxr.io import as_path
+
+    path = as_path(path)
     if not path.exists():
         raise error(path, "file does not exist")
     try:
-        return gpd.read_file(path)
+        return gpd.read_file(str(path))
     except Exception as err:  # pyogrio raises several types for corrupt files
         raise error(path, f"not a readable vector file ({err})") from None
 

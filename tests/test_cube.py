@@ -248,9 +248,11 @@ def test_cube_chunking_and_compression(small_scene, tmp_path):
     build_cube([small_scene], cube, SamplerConfig(patch_size=PATCH, samples_per_label=100), chunks=64)
     root = zarr.open_group(cube)
     image = root["image"]
-    assert image.shards == (256, 3, PATCH, PATCH) and image.chunks == (1, 3, PATCH, PATCH)
+    from polarxr.cube import CHUNK_PATCHES
+
+    assert image.shards == (256, 3, PATCH, PATCH) and image.chunks == (CHUNK_PATCHES, 3, PATCH, PATCH)
     assert image.metadata.dimension_names == ("patch", "band", "y", "x")
-    assert "zstd" in str(image.compressors) and "bitshuffle" in str(image.compressors)
+    assert "lz4" in str(image.compressors) and "bitshuffle" in str(image.compressors) and CHUNK_PATCHES == 8
 
 
 def test_writer_truncates_uncommitted_patches(small_scene, tmp_path):
