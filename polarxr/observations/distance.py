@@ -11,6 +11,7 @@ units (metres of the polar stereographic map plane for the scenes).
 from __future__ import annotations
 
 import dask
+import dask.array as da
 import numpy as np
 import shapely
 import xarray as xr
@@ -83,8 +84,8 @@ def boundary_errors(predicted: xr.DataArray, reference: xr.DataArray, spacing_m:
     truth = reference.data.rechunk(predicted.data.chunks)
     pred = predicted.data
     both = (pred != NO_LABEL) & (truth != NO_LABEL)
-    grids = [predicted.copy(data=np.where(both, pred, NO_LABEL).astype(np.uint8)),
-             predicted.copy(data=np.where(both, truth, NO_LABEL).astype(np.uint8))]
+    grids = [predicted.copy(data=da.where(both, pred, NO_LABEL).astype(np.uint8)),
+             predicted.copy(data=da.where(both, truth, NO_LABEL).astype(np.uint8))]
     lazy = [lazy_boundaries(g) for g in grids]
     names = ("coastline", "ice_edge")
     computed = dask.compute(*[lazy[k][name] for k in range(2) for name in names])
