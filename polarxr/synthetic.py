@@ -665,7 +665,8 @@ def _isolated_ice_objects(fp: _Footprint, ice: _Ice, calved: list[shapely.Polygo
 
 def glacier_frames(scene: SyntheticScene) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """``(boxes, regions)`` of a sequence scene's glaciers in the scene CRS: the box-method boxes (``id``,
-    ``width_m``, ``flow_azimuth_deg`` from upstream to downstream) and the fjord channels (``id``)."""
+    ``width_m``, ``flow_azimuth_deg`` from upstream to downstream) and the glacier regions (``id``; the fjord
+    channel from head to mouth less 1.5 px along its walls, so that only the front crosses it)."""
     glaciers = scene._geometry.glaciers if scene._geometry is not None else []
     fp = scene._geometry.footprint if scene._geometry is not None else None
     rows_box, rows_region, boxes, regions = [], [], [], []
@@ -675,8 +676,9 @@ def glacier_frames(scene: SyntheticScene) -> tuple[gpd.GeoDataFrame, gpd.GeoData
                          "flow_azimuth_deg": float(np.degrees(np.arctan2(flow[0], flow[1])) % 360)})
         boxes.append(fp.to_map(g.box()))
         rows_region.append({"id": g.id})
-        regions.append(fp.to_map(shapely.box(g.u_head - 2 * PIXEL, g.v - g.width / 2 - 2 * PIXEL,
-                                             g.u_mouth, g.v + g.width / 2 + 2 * PIXEL)))
+        # the glacier's own area (the channel less its rock walls): the coastline inside it is the front only
+        regions.append(fp.to_map(shapely.box(g.u_head, g.v - g.width / 2 + 1.5 * PIXEL,
+                                             g.u_mouth, g.v + g.width / 2 - 1.5 * PIXEL)))
     return (gpd.GeoDataFrame(rows_box, columns=["id", "width_m", "flow_azimuth_deg"], geometry=boxes, crs=CRS),
             gpd.GeoDataFrame(rows_region, columns=["id"], geometry=regions, crs=CRS))
 
