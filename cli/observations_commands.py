@@ -29,6 +29,9 @@ def boundaries(
     glaciers: Annotated[Path | None, typer.Option(
         "--glaciers", help="Glacier polygons (GeoJSON or any polygon file, any CRS): calving fronts inside them.")] = None,
     parquet: Annotated[bool, typer.Option(help="Also write every line to OUT with suffix .parquet (GeoParquet).")] = True,
+    quicklook: Annotated[Path | None, typer.Option(
+        "--quicklook", help="PNG of the lines drawn over --scene (or over the class map).")] = None,
+    scene: Annotated[Path | None, typer.Option("--scene", help="Scene GeoTIFF to draw the quicklook over.")] = None,
     chunk: ChunkOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
@@ -61,6 +64,11 @@ def boundaries(
     console.print(table)
     console.print(f"GeoPackage: [bold]{escape(str(out))}[/]" + (f", GeoParquet: [bold]{escape(str(parquet_path))}[/]"
                                                               if parquet_path else ""))
+    if quicklook is not None:
+        from polarxr.quicklook import lines_quicklook
+
+        lines_quicklook(scene or class_map, out, quicklook)
+        console.print(f"quicklook: [bold]{escape(str(quicklook))}[/]")
 
 
 @app.command()

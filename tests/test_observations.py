@@ -328,3 +328,22 @@ def test_boundaries_and_icebergs_commands(scene_map, tmp_path):
 
 def test_polarxr_error_is_the_base(tmp_path):
     assert issubclass(ObservationError, PolarxrError)
+
+
+def test_lines_quicklook_draws_the_lines(scene_map, tmp_path):
+    from matplotlib.image import imread
+
+    from polarxr.observations.icebergs import write_icebergs
+    from polarxr.quicklook import lines_quicklook
+
+    path, scene = scene_map
+    lines = extract_boundaries(path)
+    write_lines(lines.layers(), tmp_path / "lines.gpkg")
+    write_icebergs(find_icebergs(path), tmp_path / "bergs.gpkg")
+    png = lines_quicklook(scene.scene, tmp_path / "lines.gpkg", tmp_path / "lines.png",
+                          icebergs_gpkg=tmp_path / "bergs.gpkg", max_side=400)
+    image = imread(png)
+    assert max(image.shape[:2]) == 400
+    # the coastline colour (orange) appears in the picture
+    orange = (image[..., 0] > 0.9) & (image[..., 1] > 0.4) & (image[..., 1] < 0.6) & (image[..., 2] < 0.2)
+    assert orange.sum() > 50
