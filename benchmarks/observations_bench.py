@@ -101,7 +101,7 @@ def throughput(args, workdir: Path) -> list[str]:
                      reference))
     for n in args.workers:
         with get_client(n_workers=n, threads_per_worker=1, memory_limit="6GiB") as client:
-            extract_boundaries(path, chunk=args.chunk)  # warm the workers (imports)
+            client.run(lambda: __import__("skimage.measure") and __import__("scipy.ndimage"))  # warm the imports
             reset_worker_peaks(client)
             started = time.perf_counter()
             lines = extract_boundaries(path, chunk=args.chunk)

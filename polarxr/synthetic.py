@@ -643,24 +643,46 @@ def _calved(fp: _Footprint, glaciers: list[Glacier], obstacles, when: datetime, 
     return placed
 
 
-def _isolated_ice_objects(fp: _Footprint, ice: _Ice, calved: list[shapely.Polygon], land, max_km2: float = 1.0) -> int:
-    """Ice objects (floes and calved bergs) of 4 px to ``max_km2`` more than 1.5 px from other ice and land,
-    well inside the swath: what a perfect class map gives ``polarxr icebergs`` to count (>= 4 px)."""
-    parts = shapely.get_parts(_valid_union(list(ice.floes) + calved)) if (ice.floes or calved) else []
-    objects = np.asarray([g for g in parts if not g.is_empty and g.geom_type == "Polygon"], dtype=object)
-    solid = np.asarray([g for g in shapely.get_parts(shapely.make_valid(np.asarray([ice.pack, ice.fast, land],
-                                                                                    dtype=object))) if not g.is_empty], dtype=object)
-    solid_tree, object_tree = shapely.STRtree(solid), shapely.STRtree(objects)
-    count = 0
-    for index, obj in enumerate(objects):
-        if not 4 * PIXEL * PIXEL <= obj.area <= max_km2 * 1e6:
+def _isolated_ice_objects(truth: _Truth, ice: _Ice, calved: list[shapely.Polygon], max_km2: float = 1.0) -> int:
+    """Isolated ice objects of 4 px to ``max_km2`` in the raster truth: what a perfect class map gives
+    ``polarxr icebergs`` to count (>= 4 px).
+
+    Each candidate (a floe, calved berg or small piece of pack or fast ice, in map coordinates) is checked on a small window of the truth
+    around it: its 4-connected ice component must not reach the window's edge and no pixel of it may have
+    land or nodata among its 8 neighbours. Components are counted once (by their first pixel).
+    """
+    from scipy import ndimage
+
+    fp = truth.footprint
+    pieces = [*shapely.get_parts(ice.pack), *shapely.get_parts(ice.fast), *ice.floes, *calved]
+    candidates = [fp.to_map(g) for g in pieces if not g.is_empty and g.area <= max_km2 * 1e6]
+    seen: set[tuple[int, int]] = set()
+    h, w = fp.shape
+    for geometry in candidates:
+        left, bottom, right, top = geometry.bounds
+        c0 = max(0, int((left - fp.transform.c) // PIXEL) - 4)
+        r0 = max(0, int((fp.transform.f - top) // PIXEL) - 4)
+        c1 = min(w, int((right - fp.transform.c) // PIXEL) + 5)
+        r1 = min(h, int((fp.transform.f - bottom) // PIXEL) + 5)
+        if c1 - c0 < 3 or r1 - r0 < 3:
             continue
-        if len(solid_tree.query(obj, "dwithin", 1.5 * PIXEL)) or not _inside_swath(fp, obj, 2):
-            continue
-        if (object_tree.query(obj, "dwithin", 1.5 * PIXEL) != index).any():  # merges with a neighbour
-            continue
-        count += 1
-    return count
+        classes = truth.classes(Window(c0, r0, c1 - c0, r1 - r0))
+        labels, _ = ndimage.label(classes == ICE)
+        inside = features.geometry_mask([geometry], classes.shape, window_transform(Window(c0, r0, c1 - c0, r1 - r0),
+                                                                                    fp.transform), invert=True)
+        for k in np.unique(labels[inside & (labels > 0)]):
+            component = labels == k
+            rows, cols = np.nonzero(component)
+            key = (int(rows[0]) + r0, int(cols[0]) + c0)
+            if key in seen:
+                continue
+            seen.add(key)
+            at_edge = rows.min() == 0 or cols.min() == 0 or rows.max() == classes.shape[0] - 1 or \
+                cols.max() == classes.shape[1] - 1
+            other = ndimage.binary_dilation((classes != WATER) & (classes != ICE), np.ones((3, 3), bool))
+            if at_edge or (component & other).any() or not 4 <= component.sum() <= max_km2 * 1e6 / PIXEL ** 2:
+                seen.add(key + (0,))  # checked, not an iceberg
+    return sum(1 for key in seen if len(key) == 2 and key + (0,) not in seen)
 
 
 def glacier_frames(scene: SyntheticScene) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
@@ -1065,11 +1087,12 @@ def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], s
     if glaciers_since is not None:
         obstacles = [ice.pack, ice.fast, coast.land, *ice.floes]
         calved = _calved(fp, glaciers, obstacles, start, np.random.default_rng(np.random.SeedSequence([seed, 12])))
-        objects = _isolated_ice_objects(fp, ice, calved, coast.land)
     truth = _Truth(fp,
                    ice=_Layer([fp.to_map(g) for g in (ice.pack, ice.fast, *ice.floes, *calved)], ICE),
                    land=_Layer([fp.to_map(coast.land)], LAND),
                    bergs=_Layer([fp.to_map(g) for g in ice.bergs], 1), glaciers=glaciers)
+    if glaciers_since is not None:
+        objects = _isolated_ice_objects(truth, ice, calved)
     topo_key = int(np.random.SeedSequence([footprint_seed, 4]).generate_state(1, np.uint64)[0])
     acq = _acquisition(seed, topo_key, start)
     # one footprint is one relative orbit of one mission: a repeat-pass sequence keeps its mission
