@@ -191,11 +191,11 @@ def goals(args, workdir: Path) -> list[str]:
         ("coastline MDE vs true class map", "<= 80 m", f"{frame['coast_mde_truth'].mean():.0f} m"),
         ("ice-edge MDE vs chart", "<= 160 m", f"{frame['edge_mde_chart'].mean():.0f} m"),
         ("ice-edge MDE vs true class map", "<= 160 m", f"{frame['edge_mde_truth'].mean():.0f} m"),
-        ("box-method front, segmented maps (mean / max |error|)", "<= 1 px",
+        ("box-method front, segmented maps (mean / max abs error)", "<= 1 px",
          f"{np.nanmean(fronts.to_numpy()):.2f} / {np.nanmax(fronts.to_numpy()):.2f} px"),
-        ("box-method front, true class maps (mean / max |error|)", "<= 1 px",
+        ("box-method front, true class maps (mean / max abs error)", "<= 1 px",
          f"{np.nanmean(truthmap.to_numpy()):.2f} / {np.nanmax(truthmap.to_numpy()):.2f} px"),
-        ("icebergs >= 4 px, segmented vs truth (sum |error| / sum truth)", "<= 10 %", f"{berg_error * 100:.0f} %"),
+        ("icebergs >= 4 px, segmented vs truth (sum abs error / sum truth)", "<= 10 %", f"{berg_error * 100:.0f} %"),
     ]
     table = Table(title=f"Goals on {len(scenes)} held-out synthetic sequence scenes of {args.goal_size} px "
                         f"(model {args.checkpoint}); {load()}")
