@@ -7,7 +7,9 @@ and writes per scene, in ``out_dir/<scene id>/``::
     <scene>_class.tif         class map COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS
     <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 254 (255 nodata; CF scale_factor)
     <scene>_quicklook.png     quicklook of the segmentation beside the scene
-    <scene>.json              STAC Item describing the three (see :mod:`polarxr.stac`)
+    <scene>_lines.gpkg        coastline, ice edge (sub-pixel, from the probabilities) and fronts as lines
+    <scene>_icebergs.gpkg     iceberg centroids with their areas (:mod:`polarxr.observations`)
+    <scene>.json              STAC Item describing them (see :mod:`polarxr.stac`)
 
 Every scene's status is kept in ``out_dir/ledger.sqlite`` (:mod:`polarxr.ledger`). Running it twice
 processes nothing twice; a killed run leaves no half-written output (every output is written under a
@@ -149,17 +151,22 @@ class SceneOutputs:
     probabilities: Path
     quicklook: Path
     stac_item: Path
+    lines: Path
+    icebergs: Path
 
     @classmethod
     def for_scene(cls, out_dir: str | Path, scene: str) -> SceneOutputs:
+        from polarxr.observations.products import ICEBERGS_SUFFIX, LINES_SUFFIX
+
         folder = as_path(out_dir) / scene
         return cls(folder, folder / f"{scene}{CLASS_MAP_SUFFIX}", folder / f"{scene}{PROBABILITIES_SUFFIX}",
-                   folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json")
+                   folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json",
+                   folder / f"{scene}{LINES_SUFFIX}", folder / f"{scene}{ICEBERGS_SUFFIX}")
 
     def paths(self) -> dict[str, Path]:
         """Output paths by kind, as the ledger records them."""
         return {"class_map": self.class_map, "probabilities": self.probabilities, "quicklook": self.quicklook,
-                "stac_item": self.stac_item}
+                "lines": self.lines, "icebergs": self.icebergs, "stac_item": self.stac_item}
 
 
 def output_size(path: str | Path) -> int:
@@ -329,8 +336,13 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
             metrics = evaluate_prediction(str(outputs.class_map), entry.chart)
         except PolarxrError as err:  # a bad chart costs the metrics, not the product
             message = f"metrics against the chart skipped: {err}"
+    from polarxr.observations.products import write_observations
+
+    observed = write_observations(outputs.class_map, outputs.lines, outputs.icebergs,
+                                  probabilities=outputs.probabilities if outputs.probabilities.exists() else None)
     written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
-    properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics)}
+    properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics),
+                  **_metrics_summary(observed)}
     item = scene_item(entry.scene, entry.path, outputs.stac_item, written, properties=properties)
     write_item(item, outputs.stac_item)
     sizes = {k: output_size(p) for k, p in outputs.paths().items() if p.exists()}

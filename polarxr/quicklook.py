@@ -260,3 +260,50 @@ def class_quicklook(class_map: str | Path | xr.DataArray, out_png: str | Path,
     _show(axes[-1], _class_rgba(classes), classes.extent)
     _legend(axes[-1], _class_patches(), max_side)
     return _save(figure, out_png)
+
+
+#: Colours of the observation lines drawn by :func:`lines_quicklook`.
+LINE_COLOURS = {"coastline": "#ff7f0e", "ice_edge": "#00e5ff", "fronts": "#ff1744", "icebergs": "#ffee58"}
+
+
+def lines_quicklook(scene: str | Path | xr.DataArray, lines_gpkg: str | Path, out_png: str | Path,
+                    icebergs_gpkg: str | Path | None = None, max_side: int = 1024,
+                    window: tuple[float, float, float, float] | None = None) -> Path:
+    """PNG of a scene with its observation lines drawn over it: coastline, ice edge, calving fronts (and icebergs).
+
+    ``lines_gpkg`` holds the layers of :func:`polarxr.observations.boundaries.write_lines` (in the scene's
+    CRS); ``icebergs_gpkg`` the layer ``icebergs``. ``window`` (left, bottom, right, top in map units)
+    zooms onto part of the scene. The PNG's longer side is ``max_side`` px; written atomically.
+    """
+    view = _view(scene, max_side, Resampling.average)
+    extent = view.extent
+    if window is not None:
+        left, bottom, right, top = window
+        extent = (left, right, bottom, top)
+    h, w = view.data.shape[1:]
+    span_x, span_y = extent[1] - extent[0], extent[3] - extent[2]
+    shape = (h, w) if window is None else (max(1, round(max_side * span_y / max(span_x, span_y))),
+                                           max(1, round(max_side * span_x / max(span_x, span_y))))
+    figure, (ax,) = _figure(shape, 1, max_side, [_title(view.name), f"lines: {Path(lines_gpkg).name}"])
+    _show(ax, _scene_rgba(view), view.extent)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    handles = []
+    width = max(0.8, max_side / 900)
+    for layer, label in (("coastline", "coastline"), ("ice_edge", "ice edge"), ("fronts", "calving fronts")):
+        try:
+            frame = gpd.read_file(lines_gpkg, layer=layer)
+        except Exception:  # a missing layer: nothing to draw
+            continue
+        if len(frame):
+            frame.plot(ax=ax, color=LINE_COLOURS[layer], linewidth=width * (2 if layer == "fronts" else 1))
+        handles.append(Line2D([], [], color=LINE_COLOURS[layer], linewidth=2, label=f"{label} ({len(frame)})"))
+    if icebergs_gpkg is not None:
+        bergs = gpd.read_file(icebergs_gpkg, layer="icebergs")
+        if len(bergs):
+            bergs.plot(ax=ax, color=LINE_COLOURS["icebergs"], markersize=max(2, max_side / 250), marker="o")
+        handles.append(Line2D([], [], color=LINE_COLOURS["icebergs"], marker="o", linestyle="none",
+                              label=f"icebergs ({len(bergs)})"))
+    ax.set_axis_off()
+    _legend(ax, handles, max_side)
+    return _save(figure, out_png)

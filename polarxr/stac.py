@@ -29,6 +29,7 @@ from polarxr.scenes import parse_product_name
 
 #: Media types of the assets polarxr writes and of the scenes it reads.
 ZARR_MEDIA_TYPE = "application/vnd.zarr; version=3"
+GEOPACKAGE_MEDIA_TYPE = "application/geopackage+sqlite3"
 SCENE_MEDIA_TYPES = {pystac.MediaType.GEOTIFF, pystac.MediaType.COG, pystac.MediaType.TIFF, "image/tiff"}
 
 
@@ -104,6 +105,10 @@ def _add_assets(item: pystac.Item, outputs: dict[str, Path | None], folder: Path
         item.add_asset("probabilities", pystac.Asset(
             href(outputs["probabilities"]), title="class probabilities (uint8, p x 254, 255 nodata; CF scale_factor; class, y, x)",
             media_type=ZARR_MEDIA_TYPE, roles=["data"]))
+    for key, title in (("lines", "coastline, ice edge and calving fronts (layers)"), ("icebergs", "iceberg centroids")):
+        if outputs.get(key):
+            item.add_asset(key, pystac.Asset(href(outputs[key]), title=title, media_type=GEOPACKAGE_MEDIA_TYPE,
+                                             roles=["data"]))
     if outputs.get("quicklook"):
         item.add_asset("quicklook", pystac.Asset(href(outputs["quicklook"]), title="quicklook",
                                                  media_type=pystac.MediaType.PNG, roles=["overview", "visual"]))

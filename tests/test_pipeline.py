@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pystac
 import pytest
@@ -204,7 +205,12 @@ def test_runs_process_each_scene_once_and_a_new_scene_alone(tmp_path, data, clie
         assert item.id == _sid(s)
         assert item.datetime == parse_product_name(s.scene).start.replace(tzinfo=item.datetime.tzinfo)
         assert item.datetime.utcoffset().total_seconds() == 0
-        assert set(item.assets) == {"class_map", "probabilities", "quicklook"}
+        assert set(item.assets) == {"class_map", "probabilities", "quicklook", "lines", "icebergs"}
+        for layer in ("coastline", "ice_edge", "fronts"):  # the observations, in the scene's CRS
+            lines = gpd.read_file(o.lines, layer=layer)
+            assert CRS.from_user_input(lines.crs) == CRS.from_user_input(s.crs) and lines.is_valid.all()
+        assert gpd.read_file(o.icebergs, layer="icebergs").crs is not None
+        assert item.properties["polarxr:icebergs"] >= 0 and "polarxr:coastline_km" in item.properties
         for asset in item.assets.values():
             assert Path(asset.get_absolute_href()).resolve() == (o.folder / Path(asset.href).name).resolve()
             assert Path(asset.get_absolute_href()).exists()
