@@ -161,7 +161,7 @@ def sample(
             if stage in ("done", "skipped"):
                 progress.advance(task)
 
-        results = plan.run(on_progress)
+        results = plan.run(on_progress, on_wait=lambda message: progress.console.print(message))
         progress.update(task, description="scenes")
     _print_warnings(caught)
     _summary(results, cube)

@@ -38,7 +38,13 @@ the group's ``zarr.json`` (``n_patches`` and ``scene_records``). Readers use onl
 patches; a writer first truncates anything beyond them (the remains of an interrupted run). So a build
 killed at any moment leaves a cube that opens with only complete scenes, and re-running it appends the
 rest, giving the same cube as an uninterrupted build. A scene already in the cube (by name) is skipped,
-or with ``overwrite=True`` removed and appended again. One writer at a time per cube.
+or with ``overwrite=True`` removed and appended again.
+
+One writer at a time: a writer holds the cube's lock (:func:`writer_lock`, a ``filelock`` beside the
+cube named ``.<cube>.lock``) for its whole lifetime; a second writer waits for it, with a message, then
+re-reads what was committed meanwhile (so scenes the first one added are skipped, not added twice), and
+every commit re-reads the committed count first. The lock is an OS file lock, released when its process
+dies, so a killed writer never leaves the cube locked.
 
 Split: by scene, never by patch, so that neighbouring patches of one scene are never on both sides.
 Explicit assignments (scene name or part of it -> split) win; other scenes are assigned in the order
@@ -48,9 +54,11 @@ val, test), which never moves a scene that is already in the cube.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,15 +91,7 @@ VECTORS: dict[str, tuple[str, float | int]] = {
 }
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
-
-def __getattr__(name: str):
-    # PatchDataset lives in polarxr.datasets (it needs torch); importing it lazily keeps cube building
-    # free of torch's import time and avoids a circular import.
-    if name == "PatchDataset":
-        from polarxr.datasets import PatchDataset
-
-        return PatchDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -174,6 +174,32 @@ class SplitConfig:
 
 
 # --------------------------------------------------------------------------------------------- writer
+@contextlib.contextmanager
+def writer_lock(cube_path: str | Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the writer lock of the cube at ``cube_path`` (waiting for another writer to finish first).
+
+    ``on_wait(message)`` is called once when another run holds it (default: a logged warning). Raises
+    :class:`CubeError` when the lock file cannot be created (a read-only folder).
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(cube_path)
+    lock = FileLock(path.with_name(f".{path.name}.lock"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            (on_wait or log.warning)(f"{path}: another polarxr run is writing to this cube; waiting for it to finish")
+            lock.acquire()
+    except OSError as err:
+        raise CubeError(path, f"cannot lock the cube for writing ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def open_cube_group(path: str | Path) -> tuple[zarr.Group, int]:
     """The cube's Zarr group (read-only) and its number of committed patches; :class:`CubeError` if unusable."""
     path = Path(path)
@@ -278,8 +304,17 @@ class CubeWriter:
             self.root[name][start:start + len(value)] = value
 
     def commit(self, records: list[dict]) -> None:
-        """Make ``records`` the cube's scenes: one atomic rewrite of the group metadata."""
+        """Make ``records`` the cube's scenes: one atomic rewrite of the group metadata.
+
+        Re-reads the committed count from the store first: :class:`CubeError` if another writer committed
+        since this one opened the cube (which the writer lock prevents among polarxr runs).
+        """
         from polarxr import __version__
+
+        stored = int(zarr.open_group(self.path, mode="r").attrs.get("n_patches", 0))
+        if stored != self.committed:
+            raise CubeError(self.path, f"was changed by another writer meanwhile ({stored} committed patches, "
+                                       f"{self.committed} when this run opened it); nothing was committed, run again")
 
         self.root.update_attributes({**summary_attrs(records), "version": __version__})
 
@@ -377,21 +412,34 @@ class CubeBuild:
     committed: dict[str, dict]
     prepared: list[_Prepared]
     layout: CubeLayout
+    overwrite: bool = False
 
-    def run(self, on_progress: ProgressCallback | None = None) -> list[SceneResult]:
+    def run(self, on_progress: ProgressCallback | None = None,
+            on_wait: Callable[[str], None] | None = None) -> list[SceneResult]:
         """Create or open the cube and add the planned scenes, committing each; computes on the active
-        dask scheduler. ``on_progress(scene_name, stage)``: stages sampling, writing, done, skipped."""
-        created = not self.cube_path.exists()
-        if created:
-            writer = CubeWriter.create(self.cube_path, self.layout, self.sampler.mode, self.sampler.params())
-        else:
-            writer = CubeWriter.open(self.cube_path)
-        try:
-            return self._add(writer, on_progress)
-        except BaseException:
-            if created and not CubeWriter.open(self.cube_path).records:
-                shutil.rmtree(self.cube_path, ignore_errors=True)  # leave no empty cube behind
-            raise
+        dask scheduler. ``on_progress(scene_name, stage)``: stages sampling, writing, done, skipped.
+        Holds the cube's :func:`writer_lock` throughout (``on_wait`` as there)."""
+        with writer_lock(self.cube_path, on_wait):
+            self._refresh()
+            created = not self.cube_path.exists()
+            if created:
+                writer = CubeWriter.create(self.cube_path, self.layout, self.sampler.mode, self.sampler.params())
+            else:
+                writer = CubeWriter.open(self.cube_path)
+            try:
+                return self._add(writer, on_progress)
+            except BaseException:
+                if created and not CubeWriter.open(self.cube_path).records:
+                    shutil.rmtree(self.cube_path, ignore_errors=True)  # leave no empty cube behind
+                raise
+
+    def _refresh(self) -> None:
+        """Re-read the committed scenes (another writer may have added some since planning) and drop them
+        from the plan unless overwriting."""
+        _, records = _existing(self.cube_path)
+        self.committed = {r["name"]: r for r in records}
+        if not self.overwrite:
+            self.prepared = [p for p in self.prepared if p.path.stem not in self.committed]
 
     def _add(self, writer: CubeWriter, on_progress: ProgressCallback | None) -> list[SceneResult]:
         replaced = {p.path.stem for p in self.prepared} & set(self.committed)
@@ -446,7 +494,7 @@ def plan_cube(
     todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
     _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)
     prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path)
-    return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout)
+    return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout, overwrite)
 
 
 def build_cube(
@@ -599,6 +647,6 @@ def open_cube(path: str | Path) -> xr.Dataset:
 
 
 __all__ = [
-    "CubeError", "CubeLayout", "CubeWriter", "PatchDataset", "SamplerConfig", "SceneResult",
+    "CubeError", "CubeLayout", "CubeWriter", "SamplerConfig", "SceneResult",
     "SplitConfig", "add_scene", "build_cube", "plan_cube", "CubeBuild", "open_cube", "open_cube_group", "remove_scenes",
 ]

@@ -7,6 +7,7 @@ so an interrupted run never leaves a half-written output under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -113,3 +114,12 @@ def write_zarr(obj: xr.Dataset | xr.DataArray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         dataset.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
     return Path(path)
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()

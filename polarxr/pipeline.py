@@ -21,7 +21,6 @@ processed again, with a message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -39,20 +38,17 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import RasterioError
 
-from polarxr.errors import ModelError, PolarxrError, SceneError
-from polarxr.io import TEMPORARY_NAME
+from polarxr.errors import PolarxrError, SceneError
+from polarxr.io import TEMPORARY_NAME, file_sha256
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
+from polarxr.outputs import CLASS_MAP_SUFFIX, PROBABILITIES_SUFFIX, QUICKLOOK_SUFFIX
 from polarxr.region import check_intersects, read_region
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite"
-CLASS_MAP_SUFFIX = "_class.tif"
-PROBABILITIES_SUFFIX = "_probability.zarr"
-QUICKLOOK_SUFFIX = "_quicklook.png"
 #: Default chunk edge (px) of the blockwise inference.
 DEFAULT_CHUNK = 2048
-# Names io.atomic_path gives its temporaries: left behind only when a process was killed mid-write.
 
 
 # --------------------------------------------------------------------------------------------- inbox
@@ -170,21 +166,11 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_version(checkpoint: str | Path) -> str:
-    """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ModelError(checkpoint, "checkpoint does not exist")
-    return file_sha256(checkpoint)[:16]
+    """The model version recorded with each scene (:func:`polarxr.checkpoints.checkpoint_version`)."""
+    from polarxr.checkpoints import checkpoint_version
+
+    return checkpoint_version(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -286,7 +272,8 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
     checksum = file_sha256(entry.path)
     message, metrics = None, None
     result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
-                           chunk=chunk, client=client, quicklook=outputs.quicklook)
+                           chunk=chunk, client=client, quicklook=outputs.quicklook,
+                           model_version=properties["polarxr:model"])
     if entry.chart is not None:
         from polarxr.evaluate import evaluate_prediction
 

@@ -16,7 +16,6 @@ its tasks recomputed elsewhere, giving identical output.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -30,6 +29,7 @@ import torch
 import xarray as xr
 import zarr
 
+from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
 from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
@@ -60,22 +60,23 @@ class PredictionResult:
 
 
 # --------------------------------------------------------------------------------------------- model
-@functools.lru_cache(maxsize=4)
-def _cached_model(checkpoint: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
-    from polarxr.train import load_checkpoint
+@functools.cache
+def model_cache() -> ModelCache:
+    """This process's (worker's) models: loaded once per checkpoint version and device, then reused."""
+    return ModelCache()
 
-    return load_checkpoint(checkpoint, device=device)
 
+def worker_model(checkpoint: str | Path, version: str | None = None, device: str | None = None
+                 ) -> tuple[torch.nn.Module, dict]:
+    """The model of ``checkpoint`` at ``version`` on this process's device, from :func:`model_cache`.
 
-def worker_model(checkpoint: str | Path, device: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of ``checkpoint`` on this process's device, loaded once per process (worker) and reused.
-
-    Tasks carry only the checkpoint path, never the weights; the cache key includes the file's mtime so a
-    retrained checkpoint at the same path is picked up.
+    Tasks carry the checkpoint's path and the version the client fixed, never the weights; a file that no
+    longer holds that version raises :class:`~polarxr.checkpoints.CheckpointChanged`. Without
+    ``version``, the file's current version.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = os.fspath(checkpoint)
-    return _cached_model(path, os.stat(path).st_mtime_ns, device)
+    version = version or checkpoint_version(checkpoint)
+    return model_cache().get(checkpoint, version, device)
 
 
 def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
@@ -163,14 +164,16 @@ def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
 def _probabilities_block(
     block: np.ndarray,
     checkpoint: str,
+    version: str,
     nodata: float | None,
     halo: int,
     tile: int | None,
     batch_size: int | None,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata)."""
-    model, meta = worker_model(checkpoint)
+    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata), by the
+    model of ``checkpoint`` at ``version``."""
+    model, meta = worker_model(checkpoint, version)
     device = next(model.parameters()).device.type
     default_tile, default_batch = DEFAULT_TILING.get(device, DEFAULT_TILING["cpu"])
     batch_size = batch_size or default_batch
@@ -240,6 +243,7 @@ def probabilities(
     tile: int | None = None,
     batch_size: int | None = None,
     seamless: bool = True,
+    version: str | None = None,
 ) -> xr.DataArray:
     """Lazy float32 class probabilities ``DataArray(class, y, x)`` of a scene, on its grid and CRS.
 
@@ -247,9 +251,11 @@ def probabilities(
     each block sees a halo of at least the model's receptive field, so the result does not depend on
     ``chunk``. ``tile``/``batch_size`` default per worker device (:data:`DEFAULT_TILING`).
     ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
+    ``version``: the checkpoint version every block must use (default: the file's version now).
     """
     checkpoint = Path(checkpoint)
-    model, meta = worker_model(checkpoint, device="cpu")
+    version = version or checkpoint_version(checkpoint)
+    model, meta = worker_model(checkpoint, version, device="cpu")
     _check_compatible(scene, meta, checkpoint)
     halo, multiple = _geometry(model, meta)
     if not seamless:  # a preview (and the benchmarks' baseline): no halo, seams at block edges
@@ -271,6 +277,7 @@ def probabilities(
         meta=np.empty((0, 0, 0), np.float32),
         chunks=((N_CLASSES,), data.chunks[1], data.chunks[2]),
         checkpoint=str(checkpoint),
+        version=version,
         nodata=scene.rio.nodata,
         halo=halo,
         tile=tile,
@@ -355,12 +362,15 @@ def predict_scenes(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
 ) -> list[PredictionResult]:
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
     Per scene: ``<stem>_class.tif`` (COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS),
     ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 255), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
+    ``model_version``: the checkpoint version to use (default: the file's version when the run starts);
+    every block of every scene is made by that version, or the run fails.
     """
     out_dir = Path(out_dir)
     charts = list(charts) if charts is not None else [None] * len(scenes)
@@ -368,7 +378,7 @@ def predict_scenes(
     for path in scenes:
         stem = Path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version)
     results = _run(scenes, outputs, checkpoint, client, options, progress)
     for result, chart in zip(results, charts):
         _finish(result, chart, quicklooks)
@@ -388,10 +398,12 @@ def predict_scene(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
 ) -> PredictionResult:
-    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook, metrics)."""
+    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook,
+    metrics); ``model_version`` as for :func:`predict_scenes`."""
     outputs = [(Path(out_tif), Path(probabilities) if probabilities else None)]
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version)
     (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
     return result
@@ -409,7 +421,9 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     if client is None:
         with get_client() as local_client:
             return _run(scenes, outputs, checkpoint, local_client, options, progress)
-    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
+    # one model version for the whole run, fixed here on the client: every block's task carries it
+    options = {**options, "version": options.get("version") or checkpoint_version(checkpoint)}
+    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"]}
     started = time.perf_counter()
     plans, futures, where = [], [], {}
     try:
@@ -432,6 +446,8 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
             scene_index, location = where[index_of[future.key]]
             try:
                 encoded_block = future.result()
+            except CheckpointChanged:
+                raise
             except Exception as err:  # a block failed on a worker even after retries: name the scene
                 ys, xs = location
                 raise SceneError(plans[scene_index].scene.attrs["source"],

@@ -189,10 +189,14 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
 
 
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
-    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data."""
+    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data.
+
+    A value holds no data when it equals the scene's nodata or is not finite: NaN, and ±inf too (a dB
+    export has -inf where linear sigma0 is 0).
+    """
     nodata = scene.rio.nodata
     floating = np.issubdtype(scene.dtype, np.floating)
-    invalid = scene.isnull() if floating else xr.zeros_like(scene, dtype=bool)
+    invalid = ~np.isfinite(scene) if floating else xr.zeros_like(scene, dtype=bool)
     if nodata is not None and not np.isnan(nodata):
         invalid = invalid | (scene == nodata)
     valid = ~invalid.all("band")
@@ -202,8 +206,8 @@ def valid_mask(scene: xr.DataArray) -> xr.DataArray:
 
 
 def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
-    """True where any band holds data (not ``nodata``, not NaN): :func:`valid_mask` for a numpy block."""
-    missing = np.isnan(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
+    """True where any band holds data (not ``nodata``, finite): :func:`valid_mask` for a numpy block."""
+    missing = ~np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         missing |= values == nodata
     return ~missing.all(axis=band_axis)

@@ -31,7 +31,7 @@ from polarxr.models import build_model
 from polarxr.pipeline import SceneOutputs, find_scenes, parse_duration, process_inbox, watch
 from polarxr.scenes import parse_product_name
 from polarxr.synthetic import make_sequence
-from polarxr.train import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
+from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (192, 192)

@@ -19,7 +19,7 @@ from polarxr.errors import ModelError, SceneError
 from polarxr.models import build_model
 from polarxr.predict import normalise, predict_scene, probabilities, segment_array
 from polarxr.scenes import open_scene
-from polarxr.train import load_checkpoint, make_checkpoint, save_checkpoint
+from polarxr.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 
 BANDS = ["HH", "HV", "HH-HV"]
 NORM = {"mean": [128.0] * 3, "std": [60.0] * 3}
