@@ -1,0 +1,164 @@
+"""Defects a review found (issue 13), each with a test that failed before its fix.
+
+Non-finite pixels are nodata; one model version per run; one writer per cube.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from scene_files import PRODUCT, write_scene
+
+from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version, make_checkpoint, save_checkpoint
+from polarxr.models import build_model
+from polarxr.patches import normalise, patch_stats
+from polarxr.scenes import open_scene, valid_mask, valid_pixels
+
+FLOAT_BANDS = ["HH", "HV"]
+
+
+def float_checkpoint(path, seed=0):
+    """A random-weight U-Net for 2-band float sigma0 scenes."""
+    torch.manual_seed(seed)
+    net = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}).eval()
+    return save_checkpoint(path, make_checkpoint(net, band_names=FLOAT_BANDS, norm={"mean": [0.2, 0.2], "std": [0.1, 0.1]},
+                                                 patch_size=32))
+
+
+def float_scene(path, value_at=None, value=None):
+    """The 2-band float32 test scene (NaN nodata strip), with one pixel set to ``value``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_scene(path, shape=(96, 96), dtype="float32", tile=32, nodata_margin=8)
+    if value_at is not None:
+        with rasterio.open(path, "r+") as dst:
+            data = dst.read()
+            data[:, value_at[0], value_at[1]] = value
+            dst.write(data)
+    return path
+
+
+# ------------------------------------------------------------------------------------ 1 non-finite
+def test_infinite_values_are_nodata():
+    block = np.array([[[1.0, -np.inf, np.nan, np.inf]], [[2.0, -np.inf, np.nan, 3.0]]], np.float32)
+    np.testing.assert_array_equal(valid_pixels(block, None), [[True, False, False, True]])
+    image, valid = normalise(block, [1.0, 1.0], [1.0, 1.0], None)
+    assert np.isfinite(image).all()
+    assert image[0, 0, 3] == 0.0 and image[1, 0, 3] == 2.0  # the finite band of a valid pixel is kept
+    stats = patch_stats(block[None], np.zeros((1, 1, 4), np.uint8), None)
+    assert np.isfinite(stats["mean"]).all() and stats["count"] == [1, 2]
+
+
+def test_minus_inf_pixel_is_nodata_in_the_mask_and_the_class_map(tmp_path):
+    from polarxr.predict import probabilities
+
+    checkpoint = float_checkpoint(tmp_path / "float.pt")
+    inf_scene = open_scene(float_scene(tmp_path / "inf" / PRODUCT.replace("8bit", "db"), (50, 50), -np.inf))
+    nan_scene = open_scene(float_scene(tmp_path / "nan" / PRODUCT.replace("8bit", "db"), (50, 50), np.nan))
+    assert not bool(valid_mask(inf_scene)[50, 50])
+    with_inf = probabilities(inf_scene, checkpoint, chunk=48).compute(scheduler="threads").values
+    with_nan = probabilities(nan_scene, checkpoint, chunk=48).compute(scheduler="threads").values
+    # one -inf pixel is a hole, exactly as a NaN one: it does not turn its whole window into NaN (land)
+    assert np.isfinite(with_inf).all()
+    np.testing.assert_allclose(with_inf, with_nan, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- 3 model version
+def test_model_cache_loads_once_verifies_and_evicts(tmp_path):
+    first = float_checkpoint(tmp_path / "a.pt", seed=0)
+    second = float_checkpoint(tmp_path / "b.pt", seed=1)
+    cache = ModelCache(max_models=1)
+    version = checkpoint_version(first)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(first, version))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.loads == 1 and len({id(m) for m, _ in results}) == 1  # 8 threads, one load
+    assert results[0][1]["model_version"] == version
+    with pytest.raises(CheckpointChanged, match=f"file now holds {version}"):
+        cache.get(first, checkpoint_version(second))
+    cache.get(second, checkpoint_version(second))
+    assert len(cache) == 1 and cache.loads == 2  # the least recently used model was evicted
+
+
+def test_a_checkpoint_replaced_during_a_run_is_refused(tmp_path):
+    from polarxr.predict import model_cache, probabilities
+
+    checkpoint = float_checkpoint(tmp_path / "best.pt", seed=0)
+    scene = open_scene(float_scene(tmp_path / PRODUCT.replace("8bit", "db")))
+    planned = probabilities(scene, checkpoint, chunk=48)  # the run's version is fixed here
+    float_checkpoint(tmp_path / "new.pt", seed=1).replace(checkpoint)  # retrained meanwhile
+    model_cache().clear()  # as on a worker that had not loaded it yet
+    with pytest.raises(CheckpointChanged, match="changed during the run"):
+        planned.compute(scheduler="threads")
+
+
+def test_class_map_records_the_model_version(tmp_path):
+    from polarxr.predict import predict_scene
+
+    checkpoint = float_checkpoint(tmp_path / "best.pt")
+    scene = float_scene(tmp_path / PRODUCT.replace("8bit", "db"))
+    result = predict_scene(scene, checkpoint, tmp_path / "out_class.tif", chunk=48, quicklook=False,
+                           client=_threads_client())
+    with rasterio.open(result.class_map) as src:
+        assert src.tags()["model_version"] == checkpoint_version(checkpoint)
+
+
+def _threads_client():
+    from distributed import Client
+
+    return Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None)
+
+
+# ------------------------------------------------------------------------------------ 4 cube writer
+@pytest.fixture(scope="module")
+def two_scenes(tmp_path_factory):
+    from polarxr.synthetic import make_dataset
+
+    scenes = make_dataset(tmp_path_factory.mktemp("two"), n_scenes=2, size=(128, 128), seed=3)
+    return [(s.scene, s.chart) for s in scenes]
+
+
+def test_two_writers_on_one_cube_lose_nothing(two_scenes, tmp_path):
+    """Writer A is held in the middle of writing its scene; writer B starts meanwhile. Before the lock,
+    B truncated A's uncommitted patches and A's commit dropped B's scene; now B waits, then appends."""
+    from polarxr.cube import open_cube, plan_cube
+    from polarxr.samplers import SamplerConfig
+
+    cube = tmp_path / "cube.zarr"
+    config = SamplerConfig(patch_size=16, samples_per_label=6)
+    a_writing, b_done = threading.Event(), threading.Event()
+    waited, errors = [], []
+
+    def hold_a(name, stage):
+        if stage == "writing":
+            a_writing.set()
+            b_done.wait(timeout=3)  # without a lock B finishes meanwhile
+
+    def run(plan, **kw):
+        try:
+            plan.run(**kw)
+        except Exception as err:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(err)
+
+    plan_a = plan_cube(two_scenes[:1], cube, config, chunks=64)
+    plan_b = plan_cube(two_scenes, cube, config, chunks=64)  # planned before A committed anything
+    a = threading.Thread(target=run, args=(plan_a,), kwargs={"on_progress": hold_a})
+    a.start()
+    assert a_writing.wait(timeout=60)
+    b = threading.Thread(target=lambda: (run(plan_b, on_wait=waited.append), b_done.set()))
+    b.start()
+    a.join(timeout=120)
+    b.join(timeout=120)
+    assert errors == []
+    assert waited and "another polarxr run is writing to this cube" in waited[0]
+    attrs = open_cube(cube).attrs
+    assert sorted(attrs["scenes"]) == sorted(p.stem for p, _ in two_scenes)  # both, each once
+    records = attrs["scene_records"]
+    assert attrs["n_patches"] == sum(r["count"] for r in records)
+    assert [r["start"] for r in records] == [0, records[0]["count"]]
