@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from polarxr.cli.app import app
-from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
-                                 client_from_options)
+from polarxr.cli.options import (BandsOption, ClusterKind, ClusterOption, SchedulerOption, TlsDirOption,
+                                 WorkersOption, band_names, client_from_options)
 
 console = Console()
 
@@ -26,6 +26,7 @@ def predict(
     tile: int = typer.Option(None, help="Tile edge in px that blocks are segmented in [default: 512 on CPU, 2048 on GPU]."),
     batch_size: int = typer.Option(None, help="Tiles per forward pass [default: 1 on CPU, 4 on GPU]."),
     quicklook: bool = typer.Option(True, help="Write a PNG quicklook beside each class map."),
+    bands: BandsOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -40,6 +41,7 @@ def predict(
     from polarxr.progress import make_progress
     from polarxr.scenes import scene_catalog
 
+    names = band_names(bands)
     with client_from_options(cluster, scheduler, workers, tls_dir) as client, make_progress() as bar:
         task = bar.add_task("segmenting blocks", total=None)
 
@@ -50,11 +52,12 @@ def predict(
             catalog = scene_catalog(scene, chart if chart and chart.is_dir() else None)
             charts = list(catalog["chart"]) if chart else None
             results = predict_scenes(list(catalog["path"]), checkpoint, out, client, chunk=chunk, charts=charts,
-                                     quicklooks=quicklook, tile=tile, batch_size=batch_size, progress=advance)
+                                     quicklooks=quicklook, tile=tile, batch_size=batch_size, progress=advance,
+                                     bands=names)
         else:
             results = [predict_scene(scene, checkpoint, out, probabilities=probabilities, chart=chart, chunk=chunk,
                                      client=client, quicklook=out.with_suffix(".png") if quicklook else None,
-                                     tile=tile, batch_size=batch_size, progress=advance)]
+                                     tile=tile, batch_size=batch_size, progress=advance, bands=names)]
     table = Table(title="Segmented scenes")
     for column in ("scene", "Mpx", "seconds", "class map", "mean IoU"):
         table.add_column(column)

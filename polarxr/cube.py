@@ -10,7 +10,8 @@ Layout (one Zarr v3 group; ``P`` = patch size, ``n`` = patches)::
     x, y        (patch,)             float64 map coordinates of the patch centre, in attrs["crs"] (metres)
     split       (patch,)             uint8 code of attrs["split_codes"] (train 0, val 1, test 2)
 
-Group attributes: ``crs`` (WKT), ``patch_size``, ``band_names``, ``dtype``, ``nodata``, ``sampler`` and
+Group attributes: ``crs`` (WKT), ``patch_size``, ``band_names``, ``dtype``, ``nodata``, ``units``,
+``polarisation`` and ``scaling`` (what the values mean, :mod:`polarxr.radiometry`), ``sampler`` and
 ``sampler_params`` (of the build that created the cube; each scene record keeps its own), ``scenes``
 (names), ``splits`` (scene -> split), ``split_codes``, ``class_counts`` (dense label pixels per class code
 in the train patches, for class weighting), ``patch_counts`` (split -> class code -> patches, by
@@ -97,29 +98,43 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class CubeLayout:
-    """What every patch of a cube shares: size (px), bands, dtype, nodata value and CRS (WKT or None)."""
+    """What every patch of a cube shares: size (px), bands, dtype, nodata value, CRS (WKT or None), and
+    what the values mean (:mod:`polarxr.radiometry`: units, polarisation, DN scaling; None = unknown)."""
 
     patch_size: int
     band_names: tuple[str, ...]
     dtype: str
     nodata: float | None
     crs: str | None
+    units: str | None = None
+    polarisation: str | None = None
+    scaling: dict | None = None
 
     @classmethod
     def of_scene(cls, scene: xr.DataArray, patch_size: int) -> CubeLayout:
+        from polarxr.radiometry import radiometry
+
         nodata = scene.rio.nodata
+        values = radiometry(scene)
         return cls(patch_size, tuple(str(b) for b in scene.band.values), str(scene.dtype),
                    None if nodata is None or np.isnan(nodata) else float(nodata),
-                   scene.rio.crs.to_wkt() if scene.rio.crs is not None else None)
+                   scene.rio.crs.to_wkt() if scene.rio.crs is not None else None,
+                   values["units"], values["polarisation"], values["scaling"])
 
     @classmethod
     def of_attrs(cls, attrs: dict) -> CubeLayout:
         return cls(int(attrs["patch_size"]), tuple(attrs["band_names"]), str(attrs["dtype"]),
-                   attrs.get("nodata"), attrs.get("crs"))
+                   attrs.get("nodata"), attrs.get("crs"), attrs.get("units"), attrs.get("polarisation"),
+                   attrs.get("scaling"))
 
     def attrs(self) -> dict:
         return {"patch_size": self.patch_size, "band_names": list(self.band_names), "dtype": self.dtype,
-                "nodata": self.nodata, "crs": self.crs}
+                "nodata": self.nodata, "crs": self.crs, "units": self.units, "polarisation": self.polarisation,
+                "scaling": self.scaling}
+
+    def radiometry(self) -> dict:
+        """The :func:`polarxr.radiometry.radiometry` record of the cube's patches."""
+        return {"units": self.units, "dtype": self.dtype, "polarisation": self.polarisation, "scaling": self.scaling}
 
     def check_matches(self, other: CubeLayout, where: object, what: str) -> None:
         """:class:`CubeError` naming ``where`` when ``other`` (of ``what``) cannot share a cube with this."""
@@ -130,6 +145,11 @@ class CubeLayout:
             problems.append(f"bands {list(other.band_names)}, the cube's are {list(self.band_names)}")
         if other.dtype != self.dtype:
             problems.append(f"data type {other.dtype}, the cube's is {self.dtype}")
+        from polarxr.radiometry import FIELDS, differences
+
+        problems += [p.replace("trained on", "the cube's is") for p in differences(
+            {k: v for k, v in self.radiometry().items() if k != "dtype"},
+            {k: v for k, v in other.radiometry().items() if k in FIELDS})]
         if self.crs and other.crs and not CRS.from_wkt(self.crs).equals(CRS.from_wkt(other.crs)):
             problems.append(f"CRS {CRS.from_wkt(other.crs).name!r}, the cube's is {CRS.from_wkt(self.crs).name!r}")
         if problems:
@@ -381,7 +401,7 @@ class _Prepared:
 
 
 def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, reference: CubeLayout | None,
-             cube_path: Path) -> tuple[list[_Prepared], CubeLayout]:
+             cube_path: Path, bands: Sequence[str] | None = None) -> tuple[list[_Prepared], CubeLayout]:
     """Open every scene (headers only) and set up the rasterization of its chart (read, reprojected, checked
     to overlap the scene; no pixels yet), checking they all fit one cube; writes nothing."""
     from polarxr.labels import rasterize_chart
@@ -389,7 +409,7 @@ def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, ref
 
     prepared = []
     for scene_path, chart_path in pairs:
-        scene = open_scene(scene_path, chunks=chunks)
+        scene = open_scene(scene_path, chunks=chunks, bands=bands)
         layout = CubeLayout.of_scene(scene, sampler.patch_size)
         if reference is None:
             reference = layout
@@ -480,8 +500,10 @@ def plan_cube(
     *,
     overwrite: bool = False,
     chunks: dict[str, int] | int | None = None,
+    bands: Sequence[str] | None = None,
 ) -> CubeBuild:
-    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes nothing."""
+    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes
+    nothing. ``bands``: the scenes' band names where the files do not say (``--bands``)."""
     cube_path = Path(cube_path)
     sampler.validate(cube_path)
     split.validate(cube_path)
@@ -493,7 +515,7 @@ def plan_cube(
     committed = {r["name"]: r for r in records}
     todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
     _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)
-    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path)
+    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path, bands)
     return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout, overwrite)
 
 

@@ -227,13 +227,22 @@ def _edge_chunks(size: int, chunk: int, halo: int) -> tuple[int, ...]:
 
 
 def _check_compatible(scene: xr.DataArray, meta: dict, checkpoint: Path) -> None:
+    """:class:`ModelError` unless the scene's bands, units, dtype, polarisations and DN scaling are those
+    the checkpoint was trained on (:mod:`polarxr.radiometry`; fields a checkpoint lacks are not compared)."""
+    from polarxr.radiometry import differences, radiometry
+
     expected = list(meta["band_names"])
     actual = [str(b) for b in scene.band.values]
+    source = scene.attrs.get("source")
     if expected != actual:
-        raise ModelError(
-            checkpoint,
-            f"was trained on bands {expected} but scene {scene.attrs.get('source')} has bands {actual}",
-        )
+        hint = ""
+        if scene.attrs.get("band_source") in ("unknown", "product name") and len(expected) == len(actual):
+            hint = f" (found from its {'layout' if scene.attrs['band_source'] == 'unknown' else 'product name'}; " \
+                   f"if they are {','.join(expected)}, say so with --bands {','.join(expected)})"
+        raise ModelError(checkpoint, f"was trained on bands {expected} but scene {source} has bands {actual}{hint}")
+    problems = differences(meta.get("radiometry"), radiometry(scene))
+    if problems:
+        raise ModelError(checkpoint, f"does not fit scene {source}: " + "; ".join(problems))
 
 
 def probabilities(
@@ -363,6 +372,7 @@ def predict_scenes(
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
     model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> list[PredictionResult]:
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
@@ -370,7 +380,8 @@ def predict_scenes(
     ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 255), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
     ``model_version``: the checkpoint version to use (default: the file's version when the run starts);
-    every block of every scene is made by that version, or the run fails.
+    every block of every scene is made by that version, or the run fails. ``bands``: the scenes' band
+    names where the files do not say (:func:`polarxr.scenes.identify_bands`).
     """
     out_dir = Path(out_dir)
     charts = list(charts) if charts is not None else [None] * len(scenes)
@@ -378,7 +389,8 @@ def predict_scenes(
     for path in scenes:
         stem = Path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     results = _run(scenes, outputs, checkpoint, client, options, progress)
     for result, chart in zip(results, charts):
         _finish(result, chart, quicklooks)
@@ -399,17 +411,21 @@ def predict_scene(
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
     model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> PredictionResult:
     """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook,
-    metrics); ``model_version`` as for :func:`predict_scenes`."""
+    metrics); ``model_version`` and ``bands`` as for :func:`predict_scenes`."""
     outputs = [(Path(out_tif), Path(probabilities) if probabilities else None)]
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
     return result
 
 
 def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
+    options = dict(options)
+    bands = options.pop("bands", None)
     from distributed import as_completed
 
     from polarxr import __version__
@@ -420,7 +436,7 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
         raise ModelError(checkpoint, "checkpoint file does not exist")
     if client is None:
         with get_client() as local_client:
-            return _run(scenes, outputs, checkpoint, local_client, options, progress)
+            return _run(scenes, outputs, checkpoint, local_client, {**options, "bands": bands}, progress)
     # one model version for the whole run, fixed here on the client: every block's task carries it
     options = {**options, "version": options.get("version") or checkpoint_version(checkpoint)}
     tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"]}
@@ -428,7 +444,8 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     plans, futures, where = [], [], {}
     try:
         for index, (scene_path, (out_tif, out_zarr)) in enumerate(zip(scenes, outputs)):
-            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]})
+            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]},
+                               bands=bands)
             ensure_not_empty(scene)
             probs = probabilities(scene, checkpoint, **options)
             encoded = encoded_blocks(scene, probs)

@@ -136,6 +136,8 @@ def _cube_info(cube_path: Path) -> dict:
         raise CubeError(cube_path, "has no labelled pixels (was it built from scenes without ice charts?)") from None
     return {
         "band_names": [str(b) for b in attrs["band_names"]],
+        "radiometry": {"units": attrs.get("units"), "dtype": attrs.get("dtype"),
+                       "polarisation": attrs.get("polarisation"), "scaling": attrs.get("scaling")},
         "norm": {"mean": [float(v) for v in attrs["norm"]["mean"]], "std": [float(v) for v in attrs["norm"]["std"]]},
         "patch_size": int(attrs["patch_size"]),
         "class_weights": weights,
@@ -151,6 +153,22 @@ def _datasets(cube_path: Path):
     if len(train_set) == 0:
         raise CubeError(cube_path, "has no patches in the 'train' split")
     return train_set, val_set
+
+
+def _check_resume(last_path: Path, state: dict, info: dict) -> None:
+    """:class:`ModelError` when the cube no longer holds what ``last.pt`` was trained on (units, dtype,
+    polarisations, DN scaling, normalisation): resuming would continue on other data."""
+    from polarxr.radiometry import differences
+
+    problems = [p.replace("trained on", "last.pt has") for p in differences(state.get("radiometry"), info["radiometry"])]
+    norm = state.get("norm") or {}
+    for key in ("mean", "std"):
+        if key in norm and not np.allclose(norm[key], info["norm"][key], rtol=1e-6, atol=0):
+            problems.append(f"normalisation {key} {info['norm'][key]}, last.pt has {norm[key]} (scenes added "
+                            "or replaced since?)")
+    if problems:
+        raise ModelError(last_path, "cannot resume on this cube: the cube has " + "; ".join(problems)
+                         + "; use another --out or --no-resume")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -326,6 +344,7 @@ def train(
         if state["band_names"] != info["band_names"]:
             raise ModelError(last_path, f"was trained on bands {state['band_names']}, the cube has "
                                         f"{info['band_names']}")
+        _check_resume(last_path, state, info)
         net.load_state_dict(state["state_dict"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
@@ -338,7 +357,8 @@ def train(
     if progress:
         progress("start", {"epochs": epochs, "start_epoch": start_epoch, "steps": steps, "device": str(dev)})
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if len(val_set) else None
-    meta = {"band_names": info["band_names"], "norm": info["norm"], "patch_size": info["patch_size"],
+    meta = {"band_names": info["band_names"], "radiometry": info["radiometry"], "norm": info["norm"],
+            "patch_size": info["patch_size"],
             "seed": seed, "run_number": run_number, "cube": str(cube_path),
             "class_weights": info["class_weights"].tolist(),
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,

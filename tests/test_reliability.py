@@ -14,6 +14,7 @@ import torch
 from scene_files import PRODUCT, write_scene
 
 from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version, make_checkpoint, save_checkpoint
+from polarxr.errors import ModelError, SceneError
 from polarxr.models import build_model
 from polarxr.patches import normalise, patch_stats
 from polarxr.scenes import open_scene, valid_mask, valid_pixels
@@ -162,3 +163,78 @@ def test_two_writers_on_one_cube_lose_nothing(two_scenes, tmp_path):
     records = attrs["scene_records"]
     assert attrs["n_patches"] == sum(r["count"] for r in records)
     assert [r["start"] for r in records] == [0, records[0]["count"]]
+
+
+# ---------------------------------------------------------------------------- 2 compatibility
+def _strip_descriptions(path):
+    with rasterio.open(path, "r+") as dst:
+        for i in range(1, dst.count + 1):
+            dst.set_band_description(i, "")
+    return path
+
+
+def test_bands_of_an_undescribed_8bit_product_come_from_its_name(tmp_path):
+    """The reverse trap: a synthetic scene without descriptions opened as red, green, blue before."""
+    from polarxr.synthetic import make_dataset
+
+    [made] = make_dataset(tmp_path, n_scenes=1, size=(64, 64), seed=2)
+    scene = open_scene(_strip_descriptions(made.scene))
+    assert list(scene.band.values) == ["HH", "HV", "HH-HV"] and scene.attrs["band_source"] == "product name"
+    assert scene.attrs["polarisation"] == "HH+HV" and scene.attrs["scaling"]["HV"].keys() == {"DB_MIN", "DB_MAX"}
+
+
+def test_a_vv_vh_product_is_not_taken_for_hh_hv(tmp_path):
+    from polarxr.predict import probabilities
+
+    checkpoint = float_checkpoint(tmp_path / "hh_hv.pt")
+    path = float_scene(tmp_path / "S1B_EW_GRDM_1SDV_20210401T052623_20210401T052723_026245_0321C5_ECC8.tif")
+    scene = open_scene(_strip_descriptions(path))
+    assert list(scene.band.values) == ["VV", "VH"]
+    with pytest.raises(ModelError, match=r"trained on bands \['HH', 'HV'\] .* has bands \['VV', 'VH'\]"):
+        probabilities(scene, checkpoint, chunk=48)
+
+
+def test_units_and_scaling_must_match_the_checkpoint(tmp_path):
+    from polarxr.predict import probabilities
+
+    torch.manual_seed(0)
+    net = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}).eval()
+    trained = {"units": "linear", "dtype": "float32", "polarisation": "HH+HV", "scaling": None}
+    checkpoint = save_checkpoint(tmp_path / "linear.pt", make_checkpoint(
+        net, band_names=FLOAT_BANDS, norm={"mean": [0.2, 0.2], "std": [0.1, 0.1]}, patch_size=32, radiometry=trained))
+    path = float_scene(tmp_path / PRODUCT.replace("8bit", "db"))
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(SIGMA0_UNITS="dB")
+    with pytest.raises(ModelError, match="units dB, trained on linear"):
+        probabilities(open_scene(path), checkpoint, chunk=48)
+
+
+def test_bands_option_names_the_bands_of_an_anonymous_file(tmp_path):
+    path = _strip_descriptions(float_scene(tmp_path / "export.tif"))
+    assert list(open_scene(path).band.values) == ["band1", "band2"]  # no guess
+    assert list(open_scene(path, bands=["HH", "HV"]).band.values) == ["HH", "HV"]
+    with pytest.raises(SceneError, match="has 2 band.*3 band name"):
+        open_scene(path, bands=["HH", "HV", "HH-HV"])
+
+
+def test_cube_records_radiometry_and_resume_checks_the_normalisation(two_scenes, tmp_path):
+    import zarr
+
+    from polarxr.cube import build_cube, open_cube
+    from polarxr.samplers import SamplerConfig
+    from polarxr.train import train
+
+    cube = tmp_path / "cube.zarr"
+    build_cube(two_scenes, cube, SamplerConfig(patch_size=16, samples_per_label=4), chunks=64)
+    attrs = open_cube(cube).attrs
+    assert attrs["units"] == "dn" and attrs["polarisation"] == "HH+HV" and set(attrs["scaling"]) == {"HH", "HV", "HH-HV"}
+    fast = dict(model_options={"width": 4, "depth": 2, "pool": 1}, batch_size=8, device="cpu")
+    run = train(cube, tmp_path / "run", epochs=1, max_steps_per_epoch=1, **fast)
+    from polarxr.checkpoints import load_checkpoint
+
+    assert load_checkpoint(run.last_checkpoint)[1]["radiometry"]["units"] == "dn"
+    root = zarr.open_group(cube, mode="r+")
+    norm = dict(root.attrs["norm"])
+    root.attrs["norm"] = {**norm, "mean": [m + 5 for m in norm["mean"]]}  # as if scenes had been added
+    with pytest.raises(ModelError, match="cannot resume on this cube: .*normalisation mean"):
+        train(cube, tmp_path / "run", epochs=2, max_steps_per_epoch=1, **fast)
