@@ -20,7 +20,7 @@ from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, Tl
 console = Console()
 
 _STATUS_STYLE = {"done": "green", "failed": "bold red", "up-to-date": "dim", "failed-before": "red",
-                 "busy": "yellow"}
+                 "busy": "yellow", "retry": "yellow", "waiting": "yellow"}
 
 
 def _terminate(signum, frame) -> None:
@@ -78,6 +78,9 @@ def process(
                                                        help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
     region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail.")] = None,
     ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Audit every done scene's outputs in full (every file of "
+                                         "every store, every class map opened) and redo those that fail; by "
+                                         "default only their existence and sizes are checked.")] = False,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -102,7 +105,7 @@ def process(
         return client_from_options(cluster, scheduler, workers, tls_dir, console=console)
 
     options = dict(retry_failed=retry_failed, chunk=chunk, max_concurrent=max_concurrent, region=region,
-                   ledger_path=ledger, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
+                   ledger_path=ledger, verify=verify, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
     if watch:
         console.print(f"watching [bold]{escape(str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
         watch_inbox(inbox, out, checkpoint, interval_s, max_cycles=max_cycles, client=client,

@@ -238,3 +238,88 @@ def test_cube_records_radiometry_and_resume_checks_the_normalisation(two_scenes,
     root.attrs["norm"] = {**norm, "mean": [m + 5 for m in norm["mean"]]}  # as if scenes had been added
     with pytest.raises(ModelError, match="cannot resume on this cube: .*normalisation mean"):
         train(cube, tmp_path / "run", epochs=2, max_steps_per_epoch=1, **fast)
+
+
+# ------------------------------------------------------------------------------------------ 5 ledger
+def test_register_leaves_a_running_row_alone(tmp_path):
+    from polarxr.ledger import Ledger, Owner
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.register("S1A_x", "/inbox/S1A_x.tif", 100, 1.0)
+        assert ledger.claim("S1A_x", Owner.this_process("run-a"), "m", "0")
+        # re-delivered while run-a processes it: the row keeps the input being processed
+        assert ledger.register("S1A_x", "/inbox/S1A_x.tif", 200, 2.0) is None
+        row = ledger.get("S1A_x")
+        assert (row.status, row.size, row.mtime) == ("running", 100, 1.0)
+        assert ledger.mark_done("S1A_x", "run-a", {}, {}, 1.0)
+        # the next poll sees the change and processes it again
+        assert "changed since it was processed" in ledger.register("S1A_x", "/inbox/S1A_x.tif", 200, 2.0)
+
+
+def test_mark_done_and_failed_report_a_row_they_no_longer_hold(tmp_path):
+    from polarxr.ledger import Ledger, Owner
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.register("S1A_x", "/inbox/S1A_x.tif", 100, 1.0)
+        assert ledger.claim("S1A_x", Owner.this_process("run-b"), "m", "0")
+        assert not ledger.mark_done("S1A_x", "run-a", {}, {}, 1.0)
+        assert not ledger.mark_failed("S1A_x", "run-a", "boom")
+        assert ledger.get("S1A_x").status == "running"
+
+
+def test_transient_failures_get_an_attempt_budget_with_backoff(tmp_path):
+    from concurrent.futures import Future
+
+    from polarxr.ledger import Ledger, Owner
+    from polarxr.pipeline import InboxScene, ProcessReport, RetryPolicy, _plan, _settle
+
+    scene = tmp_path / "S1A_x.tif"
+    scene.write_bytes(b"x")
+    entry = InboxScene("S1A_x", scene)
+    policy = RetryPolicy(max_attempts=2, backoff_s=60)
+    report = ProcessReport("r", tmp_path, tmp_path, tmp_path / "l", "")
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        outcomes = []
+        for attempt in (1, 2):
+            assert _plan(ledger, [entry], tmp_path, False, report, retry=policy, now=4e9) == [entry]
+            assert ledger.claim("S1A_x", Owner.this_process(f"run{attempt}"), "m", "0")
+            lost_worker = Future()
+            lost_worker.set_exception(OSError("Timed out trying to connect to tcp://10.0.0.7:8786"))
+            outcomes.append(_settle(ledger, f"run{attempt}", entry, lost_worker, 1.0, tmp_path, policy))
+            if attempt == 1:  # within the backoff it waits, after it it is due
+                finished = ledger.get("S1A_x").finished
+                from datetime import datetime
+
+                t0 = datetime.fromisoformat(finished).timestamp()
+                assert _plan(ledger, [entry], tmp_path, False, report, retry=policy, now=t0 + 59) == []
+                assert report.outcomes[-1].status == "waiting"
+        assert [o.status for o in outcomes] == ["retry", "failed"]
+        assert ledger.get("S1A_x").status == "failed" and "Timed out" in ledger.get("S1A_x").error
+        # a problem with the scene itself fails at once
+        ledger.register("S1A_y", "/inbox/S1A_y.tif", 1, 1.0)
+        assert ledger.claim("S1A_y", Owner.this_process("run3"), "m", "0")
+        bad = Future()
+        bad.set_exception(SceneError(scene, "has no CRS"))
+        assert _settle(ledger, "run3", InboxScene("S1A_y", scene), bad, 1.0, tmp_path, policy).status == "failed"
+
+
+def test_polls_check_sizes_and_verify_audits_the_stores(tmp_path):
+    from polarxr.ledger import Ledger, Owner
+    from polarxr.pipeline import check_outputs, output_size
+
+    class_map = write_scene(tmp_path / "x_class.tif", shape=(32, 32), tile=16)
+    store = tmp_path / "x_probability.zarr"
+    (store / "c").mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (store / "c" / "0").write_bytes(b"0" * 100)
+    outputs = {"class_map": class_map, "probabilities": store}
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.register("S1A_x", "/inbox/S1A_x.tif", 1, 1.0)
+        assert ledger.claim("S1A_x", Owner.this_process("run"), "m", "0")
+        assert ledger.mark_done("S1A_x", "run", outputs, {k: output_size(p) for k, p in outputs.items()}, 1.0)
+        (store / "c" / "0").write_bytes(b"0" * 10)  # a store chunk truncated by another tool
+        record = ledger.get("S1A_x")
+    assert check_outputs(record, full=False) is None  # a poll does not walk the store
+    assert "has changed size" in check_outputs(record, full=True)  # process --verify finds it
+    class_map.write_bytes(class_map.read_bytes()[:500])
+    assert "has changed size" in check_outputs(record, full=False)  # a file's size is one stat
