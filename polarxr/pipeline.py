@@ -281,14 +281,15 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
                    region, properties: dict) -> _SceneResult:
     """Segment one scene and write its outputs and STAC Item (runs in a thread of the client process)."""
     from polarxr.predict import predict_scene
-    from polarxr.scenes import open_scene
+    from polarxr.scenes import open_scene, valid_footprint
     from polarxr.stac import scene_item, write_item
 
     for path in _remove_leftovers(outputs.folder):
         log.info("%s: removed %s left by an interrupted run", entry.scene, path.name)
     if region is not None:
         grid = open_scene(entry.path)
-        check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
+        # the swath's valid data, not the file's rectangle: an EW swath fills only part of it
+        check_intersects(region, valid_footprint(entry.path), grid.rio.crs, entry.path)
     checksum = file_sha256(entry.path)
     message, metrics = None, None
     result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,

@@ -272,6 +272,34 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
         raise SceneError(path, "is empty: every pixel is nodata")
 
 
+def valid_footprint(path: str | Path, max_side: int = 256):
+    """The outline of a raster's valid pixels as a shapely (Multi)Polygon in the file's CRS (metres), or None
+    when every pixel is nodata.
+
+    Traced on a decimated view (at most ``max_side`` px a side, nearest neighbour) and grown by one of
+    its pixels, so it covers every valid pixel up to that resolution: the swath, not the file's rectangle
+    (an EW swath fills only part of its north-up rectangle). ``uint8`` files without a nodata tag use 0.
+    """
+    import shapely
+    from rasterio.features import shapes
+
+    with _open_raster(path) as src:
+        factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
+        shape = (src.count, max(1, -(-src.height // factor)), max(1, -(-src.width // factor)))
+        try:
+            sample = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        except RasterioError as err:
+            raise SceneError(path, f"is corrupt: its pixels cannot be read ({err})") from None
+        nodata = src.nodata if src.nodata is not None else (0 if src.dtypes[0] == "uint8" else None)
+        transform = src.transform * src.transform.scale(src.width / shape[2], src.height / shape[1])
+    valid = valid_pixels(sample, nodata)
+    if not valid.any():
+        return None
+    polygons = [shapely.geometry.shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid, transform=transform)]
+    step = max(abs(transform.a), abs(transform.e))
+    return shapely.union_all(polygons).buffer(step, join_style="mitre").simplify(step / 2)
+
+
 def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) -> pd.DataFrame:
     """List the scene GeoTIFFs of a folder with their product metadata and matching ice charts.
 

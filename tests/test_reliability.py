@@ -323,3 +323,31 @@ def test_polls_check_sizes_and_verify_audits_the_stores(tmp_path):
     assert "has changed size" in check_outputs(record, full=True)  # process --verify finds it
     class_map.write_bytes(class_map.read_bytes()[:500])
     assert "has changed size" in check_outputs(record, full=False)  # a file's size is one stat
+
+
+# ------------------------------------------------------------------------ 7 valid-data footprints
+def test_region_checks_and_stac_footprints_use_the_swath_not_the_rectangle(tmp_path):
+    import geopandas as gpd
+    import shapely
+    from scene_files import ORIGIN, PIXEL, POLAR_STEREO
+
+    from polarxr.errors import PolarxrError
+    from polarxr.region import check_intersects, read_region
+    from polarxr.scenes import valid_footprint
+
+    path = write_scene(tmp_path / PRODUCT, shape=(128, 128), tile=64, nodata_margin=0)
+    with rasterio.open(path, "r+") as dst:  # an oblique swath edge: the upper-right triangle holds no data
+        data = dst.read()
+        rows, cols = np.mgrid[0:128, 0:128]
+        data[:, cols > rows + 10] = 0
+        dst.write(data)
+    x0, y0 = ORIGIN
+    corner = shapely.box(x0 + 100 * PIXEL, y0 - 20 * PIXEL, x0 + 126 * PIXEL, y0 - 2 * PIXEL)  # in the nodata corner
+    gpd.GeoDataFrame(geometry=[corner], crs=POLAR_STEREO).to_file(tmp_path / "corner.geojson")
+    region = read_region(tmp_path / "corner.geojson")
+    scene = open_scene(path)
+    check_intersects(region, scene.rio.bounds(), scene.rio.crs, path)  # the rectangle does intersect
+    with pytest.raises(PolarxrError, match="outside the region of interest"):
+        check_intersects(region, valid_footprint(path), scene.rio.crs, path)
+    footprint = valid_footprint(path)
+    assert 0.55 < footprint.area / shapely.box(*scene.rio.bounds()).area < 0.65  # 58 % of the rectangle holds data
