@@ -74,7 +74,8 @@ def predict(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("demo-run"), help="Folder for every output of the demo."),
-    scenes: int = typer.Option(10, help="Synthetic scenes: 2 are held out, one validates, the rest train the model."),
+    scenes: int = typer.Option(10, help="Synthetic scenes (at least 4): 2 are held out, one validates, the rest "
+                               "train the model."),
     size: int = typer.Option(1024, help="Edge of each synthetic scene in px (40 m)."),
     epochs: int = typer.Option(4, help="Training epochs of the U-Net."),
     cluster: ClusterOption = ClusterKind.local,
@@ -91,8 +92,9 @@ def demo(
     from polarxr.demo import DemoConfig, run_demo
     from polarxr.evaluate import format_metrics_table
 
-    if scenes < 3:
-        raise typer.BadParameter("at least 3 scenes: 2 to train and validate on, 1 held out", param_hint="--scenes")
+    if scenes < 4:
+        raise typer.BadParameter(f"{scenes}: at least 4 scenes are needed: 2 held out, 1 to validate on and at least "
+                                 "1 to train on", param_hint="--scenes")
     config = DemoConfig(train_scenes=scenes - 2, test_scenes=2, size=(size, size), epochs=epochs)
     with client_from_options(cluster, scheduler, workers, tls_dir) as client:
         report = run_demo(workdir, client, config, say=console.print)
