@@ -93,8 +93,10 @@ def demo(
     from polarxr.evaluate import format_metrics_table
 
     if scenes < 4:
-        raise typer.BadParameter(f"{scenes}: at least 4 scenes are needed: 2 held out, 1 to validate on and at least "
-                                 "1 to train on", param_hint="--scenes")
+        from polarxr.errors import PolarxrError
+
+        raise PolarxrError(None, f"--scenes {scenes}: the demo needs at least 4 scenes (2 held out, 1 to validate on, "
+                                 "at least 1 to train on)")
     config = DemoConfig(train_scenes=scenes - 2, test_scenes=2, size=(size, size), epochs=epochs)
     with client_from_options(cluster, scheduler, workers, tls_dir) as client:
         report = run_demo(workdir, client, config, say=console.print)

@@ -369,13 +369,13 @@ def process_inbox(
     tic = time.perf_counter()
     model_hash = model_version(checkpoint)
     region_frame = read_region(region) if region else None
+    entries = find_scenes(inbox)  # a missing inbox is reported before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
     run_id = uuid.uuid4().hex[:12]
     report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())
     with Ledger(ledger_path) as ledger:
         report.messages += ledger.recover_stale(active_run=run_id)
-        entries = find_scenes(inbox)
         todo = _plan(ledger, entries, out_dir, retry_failed, report, verify, retry, clock())
         if todo:
             with ExitStack() as stack:

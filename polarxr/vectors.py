@@ -49,9 +49,9 @@ def to_crs(frame: gpd.GeoDataFrame, crs: CRS | str, error: type[PolarxrError],
             warnings.simplefilter("ignore", RuntimeWarning)
             out = frame.to_crs(target)
     except (CRSError, ProjError, ValueError) as err:
-        raise error(source, f"cannot transform CRS {frame.crs} to {crs}: {err}") from None
+        raise error(source, f"cannot transform CRS {crs_name(frame.crs)} to {crs_name(crs)}: {err}") from None
     if not np.isfinite(out.total_bounds).all():
-        raise error(source, f"cannot transform CRS {frame.crs} to {crs}: coordinates become infinite")
+        raise error(source, f"cannot transform CRS {crs_name(frame.crs)} to {crs_name(crs)}: coordinates become infinite")
     out.attrs["source"] = None if source is None else str(source)
     return out
 
