@@ -427,6 +427,8 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
     options = dict(options)
     bands = options.pop("bands", None)
     from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
 
     from polarxr import __version__
     from polarxr.cluster import get_client
@@ -463,8 +465,8 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
             scene_index, location = where[index_of[future.key]]
             try:
                 encoded_block = future.result()
-            except CheckpointChanged:
-                raise
+            except (CheckpointChanged, FutureCancelledError, CommClosedError):
+                raise  # a replaced checkpoint or a lost scheduler: not a problem of the scene
             except Exception as err:  # a block failed on a worker even after retries: name the scene
                 ys, xs = location
                 raise SceneError(plans[scene_index].scene.attrs["source"],

@@ -191,3 +191,239 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, template, name
     assert problem in lines[0], lines[0]
     assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
     assert sorted(p for p in world["root"].rglob("*")) == before  # nothing written beside the inputs
+
+
+# ---------------------------------------------------------------------------------------------- faults
+def polarxr(*args, **kwargs) -> subprocess.Popen:
+    """``polarxr ARGS`` as its own OS process (a session of its own, so SIGKILL reaches only it)."""
+    return subprocess.Popen([sys.executable, "-m", "polarxr.cli.main", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if TEMPORARY_NAME.match(p.name)] if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory):
+    """Two 640 x 640 px scenes with charts (big enough that a run takes a few seconds on one worker)."""
+    from polarxr.synthetic import make_dataset
+
+    folder = tmp_path_factory.mktemp("inbox")
+    made = make_dataset(folder, n_scenes=2, size=(640, 640), seed=5)
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return folder, [m.scene for m in made], checkpoint
+
+
+def cube_content(cube: Path) -> dict:
+    root = zarr.open_group(cube, mode="r")
+    n = root.attrs["n_patches"]
+    arrays = {name: root[name][:n] for name in ("image", "label", "patch_label", "scene", "row", "col", "split")}
+    records = [{k: v for k, v in r.items() if k not in ("source", "chart")} for r in root.attrs["scene_records"]]
+    return {"arrays": arrays, "records": records}
+
+
+def outputs_of(command: str, out: Path, scenes: list[Path]) -> dict:
+    """What a user compares between two runs: pixels of class maps and probabilities, cube contents."""
+    if command == "sample":
+        return cube_content(out / "cube.zarr")
+    found = {}
+    for scene in scenes:
+        stem = scene.stem
+        folder = out / stem if command == "process" else out
+        with rasterio.open(folder / f"{stem}_class.tif") as src:
+            found[f"{stem} classes"] = src.read()
+        found[f"{stem} probabilities"] = zarr.open_group(folder / f"{stem}_probability.zarr", mode="r")["probability"][:]
+    return found
+
+
+def command_line(command: str, inbox, out: Path, address: str) -> list:
+    folder, scenes, checkpoint = inbox
+    cluster = ["--scheduler", address]
+    if command == "sample":
+        return ["sample", folder, "--cube", out / "cube.zarr", "--patch-size", 32, "--samples-per-label", 20,
+                "--chunk", 128, *cluster]
+    if command == "predict":
+        return ["predict", folder, "-c", checkpoint, "-o", out, "--chunk", 128, "--tile", 128, "--no-quicklook",
+                *cluster]
+    return ["process", folder, "--out", out, "--checkpoint", checkpoint, "--chunk", 128, *cluster]
+
+
+def assert_equal_outputs(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        elif isinstance(a[key], dict):
+            assert_equal_outputs(a[key], b[key])
+        else:
+            assert a[key] == b[key], key
+
+
+def started_writing(command: str, out: Path) -> bool:
+    if command == "sample":
+        return (out / "cube.zarr" / "image").exists()
+    return bool(temporaries(out))
+
+
+def final_outputs_complete_or_absent(command: str, out: Path, scenes: list[Path]) -> None:
+    """Between the kill and the re-run: every output under its final name is complete."""
+    if command == "sample":
+        if (out / "cube.zarr").exists():
+            content = cube_content(out / "cube.zarr")  # opens, and holds only committed scenes
+            assert len(content["arrays"]["image"]) == sum(r["count"] for r in content["records"])
+        return
+    for scene in scenes:
+        folder = out / scene.stem if command == "process" else out
+        class_map = folder / f"{scene.stem}_class.tif"
+        if class_map.exists():
+            with rasterio.open(class_map) as src:
+                src.read()
+
+
+@pytest.fixture(scope="module")
+def references(inbox, scheduler, tmp_path_factory):
+    """Outputs of undisturbed runs, per command."""
+    refs = {}
+    for command in ("sample", "predict", "process"):
+        out = tmp_path_factory.mktemp(f"ref-{command}")
+        code, stdout, stderr = finish(polarxr(*command_line(command, inbox, out, scheduler.address)))
+        assert code == 0, stderr
+        refs[command] = outputs_of(command, out, inbox[1])
+    return refs
+
+
+@pytest.mark.parametrize("command", ["sample", "predict", "process"])
+def test_client_killed_mid_run_then_rerun_gives_identical_outputs(command, inbox, scheduler, references, tmp_path):
+    out = tmp_path / "out"
+    line = command_line(command, inbox, out, scheduler.address)
+    run = polarxr(*line)
+    wait_for(lambda: started_writing(command, out) or run.poll() is not None, what=f"{command} to start writing")
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    final_outputs_complete_or_absent(command, out, inbox[1])
+    code, stdout, stderr = finish(polarxr(*line))
+    assert code == 0, stderr
+    assert_equal_outputs(outputs_of(command, out, inbox[1]), references[command])
+    if command == "process":
+        from polarxr.ledger import Ledger
+
+        with Ledger(out / "ledger.sqlite") as ledger:
+            assert ledger.counts()["done"] == 2 and ledger.counts()["running"] == 0
+    if command == "process":  # it removes what a killed run left under temporary names
+        assert temporaries(out) == []
+
+
+@pytest.mark.parametrize("command", ["sample", "predict"])
+def test_scheduler_killed_mid_run_is_one_line_and_rerun_gives_identical_outputs(command, inbox, references,
+                                                                                 tmp_path):
+    from cluster_fixtures import start_dask_cluster
+
+    out = tmp_path / "out"
+    (tmp_path / "dask").mkdir()
+    cluster = start_dask_cluster(tmp_path / "dask", n_workers=1)
+    try:
+        run = polarxr(*command_line(command, inbox, out, cluster.address),
+                      env=dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s"))
+        wait_for(lambda: started_writing(command, out) or run.poll() is not None, what=f"{command} to start")
+        os.killpg(cluster.procs[0].pid, signal.SIGKILL)  # the `dask scheduler` process
+        code, stdout, stderr = finish(run, timeout=180)
+    finally:
+        cluster.stop()
+    final_outputs_complete_or_absent(command, out, inbox[1])
+    if code != 0:  # unless it had already finished: it ends with one error line of ours (dask's client logs
+        # its failed reconnection above it, traceback included: that is distributed's logger, not ours)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0] and "run the command again" in errors[0], stderr
+    (tmp_path / "dask2").mkdir()
+    cluster = start_dask_cluster(tmp_path / "dask2", n_workers=1)
+    try:
+        code, stdout, stderr = finish(polarxr(*command_line(command, inbox, out, cluster.address)))
+    finally:
+        cluster.stop()
+    assert code == 0, stderr
+    assert_equal_outputs(outputs_of(command, out, inbox[1]), references[command])
+
+
+def test_worker_killed_mid_sample_gives_identical_cube(inbox, references, tmp_path):
+    import psutil
+
+    from cluster_fixtures import start_dask_cluster
+
+    out = tmp_path / "out"
+    (tmp_path / "dask").mkdir()
+    cluster = start_dask_cluster(tmp_path / "dask", n_workers=2)
+    try:
+        run = polarxr(*command_line("sample", inbox, out, cluster.address))
+        wait_for(lambda: started_writing("sample", out) or run.poll() is not None, what="sample to start")
+        nanny = psutil.Process(cluster.procs[1].pid)
+        for child in nanny.children(recursive=True):  # the worker process under the first nanny
+            child.send_signal(signal.SIGKILL)
+        code, stdout, stderr = finish(run)
+    finally:
+        cluster.stop()
+    assert code == 0, stderr
+    assert_equal_outputs(outputs_of("sample", out, inbox[1]), references["sample"])
+
+
+# ------------------------------------------------------------------------------------------ concurrency
+def test_two_sample_runs_on_one_cube_lose_nothing(inbox, scheduler, references, tmp_path):
+    out = tmp_path / "out"
+    line = command_line("sample", inbox, out, scheduler.address)
+    first, second = polarxr(*line), polarxr(*line)
+    results = [finish(first), finish(second)]
+    assert [r[0] for r in results] == [0, 0], results
+    assert any("another polarxr run is writing to this cube" in r[1] for r in results)
+    assert_equal_outputs(outputs_of("sample", out, inbox[1]), references["sample"])  # each scene once
+
+
+def test_two_process_runs_on_one_ledger_share_the_work(inbox, scheduler, references, tmp_path):
+    from polarxr.ledger import Ledger
+
+    out = tmp_path / "out"
+    line = command_line("process", inbox, out, scheduler.address)
+    first, second = polarxr(*line), polarxr(*line)
+    results = [finish(first), finish(second)]
+    assert [r[0] for r in results] == [0, 0], results
+    with Ledger(out / "ledger.sqlite") as ledger:
+        rows = ledger.records()
+    assert [r.status for r in rows] == ["done", "done"] and [r.attempts for r in rows] == [1, 1]
+    said = results[0][1] + results[1][1]
+    assert "busy" in said or "up-to-date" in said or "handled by another run" in said
+    assert_equal_outputs(outputs_of("process", out, inbox[1]), references["process"])
+
+
+# ------------------------------------------------------------------------------------------- disk full
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_disk_full_is_one_line_and_leaves_nothing_half_written(inbox, scheduler, tmp_path):
+    folder, scenes, checkpoint = inbox
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        code, stdout, stderr = finish(polarxr("predict", scenes[0], "-c", checkpoint, "-o", disk / "c_class.tif",
+                                              "--probabilities", disk / "p.zarr", "--chunk", 128,
+                                              "--scheduler", scheduler.address))
+        left = sorted(p.name for p in disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("Dask dashboard:")]
+    assert code in (1, 2) and len(lines) == 1 and "No space left on device" in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert left == []  # neither a final output nor a temporary
