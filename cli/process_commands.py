@@ -14,8 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from polarxr.cli.app import app
+from polarxr.cli.discovery_commands import (DISCOVERY_PANEL, BboxOption, CollectionOption, ModeOption,
+                                            PageSizeOption, SinceOption, TimeoutOption, print_items, print_rejected,
+                                            search_filter)
 from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
                                  client_from_options)
+from polarxr.discovery.stac_api import DEFAULT_COLLECTION, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT_S
 
 console = Console()
 
@@ -65,10 +69,11 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
 
 @app.command()
 def process(
-    inbox: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (charts beside them are used for metrics), "
-                                               "or a STAC ItemCollection / Catalog JSON listing scenes.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
+    inbox: Annotated[Path | None, typer.Argument(
+        help="Folder of scene GeoTIFFs (charts beside them are used for metrics), or a STAC ItemCollection / "
+             "Catalog JSON listing scenes. Not with --stac-api.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",
@@ -76,7 +81,8 @@ def process(
     chunk: Annotated[int, typer.Option("--chunk", min=16, help="Block edge of the inference (px).")] = 2048,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
                                                        help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
-    region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail.")] = None,
+    region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail; "
+                                                "with --stac-api also the search area.")] = None,
     ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Audit every done scene's outputs in full (every file of "
                                          "every store, every class map opened) and redo those that fail; by "
@@ -85,8 +91,22 @@ def process(
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
     tls_dir: TlsDirOption = None,
+    stac_api: Annotated[str | None, typer.Option(
+        "--stac-api", metavar="URL", help="Poll this STAC API instead of an INBOX: each run (each --watch cycle) "
+        "searches it and processes the items not seen before (state in discovery.sqlite beside the ledger).",
+        rich_help_panel=DISCOVERY_PANEL)] = None,
+    collection: CollectionOption = DEFAULT_COLLECTION,
+    bbox: BboxOption = None,
+    since: SinceOption = None,
+    mode: ModeOption = None,
+    page_size: PageSizeOption = DEFAULT_PAGE_SIZE,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Segment every scene of INBOX not yet done, recording each in a run ledger; idempotent and crash-safe.
+
+    With --stac-api URL instead of INBOX, the scenes are Sentinel-1 GRD items found in a STAC API over
+    --region / --bbox, since --since, in --mode; their scene assets are local paths, file:// or s3://
+    (fetched into OUT/downloads/) URLs.
 
     Outputs per scene in OUT/<scene>/: class COG, probability Zarr, quicklook PNG and a STAC Item JSON.
     A cluster is started only when some scene needs processing. Exit code 1 when a scene failed in this
@@ -99,6 +119,16 @@ def process(
         interval_s = parse_duration(interval)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--interval") from None
+    if (inbox is None) == (stac_api is None):
+        raise typer.BadParameter("give an INBOX folder / STAC JSON file, or --stac-api URL (not both)",
+                                 param_hint="INBOX / --stac-api")
+    if stac_api is not None:
+        inbox = _stac_inbox(stac_api, search_filter(collection, region, bbox, since, mode),
+                            Path(ledger).parent if ledger else out, page_size, timeout)
+    else:
+        for name, value in (("--bbox", bbox), ("--since", since), ("--mode", mode)):
+            if value is not None:
+                raise typer.BadParameter(f"{name} filters a STAC API search: it needs --stac-api", param_hint=name)
     signal.signal(signal.SIGTERM, _terminate)
 
     def client():
@@ -107,15 +137,33 @@ def process(
     options = dict(retry_failed=retry_failed, chunk=chunk, max_concurrent=max_concurrent, region=region,
                    ledger_path=ledger, verify=verify, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
     if watch:
-        console.print(f"watching [bold]{escape(str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
+        console.print(f"watching [bold]{escape(stac_api or str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
         watch_inbox(inbox, out, checkpoint, interval_s, max_cycles=max_cycles, client=client,
                     on_report=lambda r: _print_report(r, quiet_when_idle=True),
                     on_error=lambda e: console.print(f"[bold red]cycle failed:[/] {escape(str(e))}"), **options)
         return
-    report = process_inbox(inbox, out, checkpoint, client=client, **options)
+    report = process_inbox(inbox() if callable(inbox) else inbox, out, checkpoint, client=client, **options)
     _print_report(report)
     if report.failed:
         sys.exit(1)
+
+
+def _stac_inbox(url: str, search, state_dir: Path, page_size: int, timeout_s: float):
+    """A callable polling ``url`` (printing what is new) and returning the inbox of the items seen."""
+    from polarxr.discovery.poll import poll
+
+    def inbox() -> Path:
+        result = poll(url, search, state_dir, page_size=page_size, timeout_s=timeout_s)
+        console.print(escape(result.summary()), highlight=False)
+        if result.new:
+            print_items(result.new, f"{len(result.new)} new item(s)")
+        print_rejected(result.search.rejected)
+        for item_id, why in result.unresolved:
+            console.print(f"[yellow]note:[/] {escape(item_id)}: {escape(why)}; tried again at the next poll",
+                          highlight=False)
+        return result.inbox
+
+    return inbox
 
 
 @app.command()

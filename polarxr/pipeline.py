@@ -552,7 +552,7 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def watch(
-    inbox: str | Path,
+    inbox: str | Path | Callable[[], Path],
     out_dir: str | Path,
     checkpoint: str | Path,
     interval_s: float | str = 600.0,
@@ -570,6 +570,8 @@ def watch(
     cycle's report. An error of the first cycle (bad ledger, checkpoint, inbox) is raised; later cycles'
     errors (e.g. an unmounted inbox) go to ``on_error`` (default: logged) and the watch goes on.
     Returns the reports after ``max_cycles`` cycles; with ``max_cycles=None`` it runs until interrupted.
+    ``inbox`` may be a zero-argument callable returning the inbox, called at the start of every cycle
+    (``process --stac-api`` polls the API there); its errors count as the cycle's.
     ``options`` are passed to :func:`process_inbox`.
     """
     interval = parse_duration(interval_s)
@@ -582,7 +584,8 @@ def watch(
         for cycle in _cycles(max_cycles):
             started = time.monotonic()
             try:
-                report = process_inbox(inbox, out_dir, checkpoint, client=client, **options)
+                current = inbox() if callable(inbox) else inbox
+                report = process_inbox(current, out_dir, checkpoint, client=client, **options)
             except PolarxrError as err:
                 if cycle == 0:
                     raise

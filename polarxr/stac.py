@@ -136,7 +136,7 @@ def read_scene_hrefs(path: str | Path) -> list[tuple[str, str]]:
         raise SceneError(path, f"not a readable STAC ItemCollection, Catalog, Collection or Item ({err})") from None
     out = []
     for item in items:
-        asset = _scene_asset(item)
+        asset = scene_asset(item)
         if asset is None:
             raise SceneError(path, f"STAC Item {item.id!r} has no GeoTIFF scene asset (keys: {', '.join(item.assets)})")
         out.append((item.id, _absolute(asset.get_absolute_href() or asset.href, path.parent)))
@@ -152,7 +152,8 @@ def _absolute(href: str, base: Path) -> str:
     return str((base / href).resolve())
 
 
-def _scene_asset(item: pystac.Item) -> pystac.Asset | None:
+def scene_asset(item: pystac.Item) -> pystac.Asset | None:
+    """The asset of ``item`` holding the scene: keyed ``data``/``scene``/``image``, else the first GeoTIFF; or None."""
     for key in ("data", "scene", "image"):
         if key in item.assets:
             return item.assets[key]
