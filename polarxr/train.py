@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from polarxr.checkpoints import make_checkpoint, read_checkpoint, save_checkpoint
+# Checkpoint I/O lives in polarxr.checkpoints; these names stay importable from here for existing scripts.
+from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_checkpoint  # noqa: F401, E402
 from polarxr.classes import CLASS_CODES, CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError, ModelError, PolarxrError
 from polarxr.evaluate import confusion_matrix, metrics_from_confusion, to_json
