@@ -9,15 +9,15 @@ from polarxr.demo import DemoConfig, run_demo
 
 
 def test_demo_runs_every_stage_and_reports_held_out_metrics(tmp_path):
-    config = DemoConfig(train_scenes=3, test_scenes=1, size=(384, 384), patch_size=128, samples_per_label=8,
-                        epochs=1, batch_size=4, width=4, depth=3, pool=4, chunk=256)
+    config = DemoConfig(train_scenes=3, test_scenes=1, size=(384, 384), patch_size=128, samples_per_label=16,
+                        epochs=3, batch_size=4, width=8, depth=3, pool=4, chunk=256)
     lines = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         report = run_demo(tmp_path, client, config, say=lines.append)
     assert [line for line in lines if not line.startswith("  ")] == [
         f"[bold]{stage}[/]" for stage in ("synthesize", "labels", "cube", "train", "predict", "evaluate")]
-    assert any("epoch 1/1" in line for line in lines)
+    assert any("epoch 3/3" in line for line in lines)
     text = report.report.read_text()
     assert "Mean IoU" in text and "| sea |" in text and "| ice |" in text
     # better than painting every pixel with the most common class (IoU = its share; the others score 0)
