@@ -246,9 +246,21 @@ class CubeWriter:
 
     @classmethod
     def create(cls, path: str | Path, layout: CubeLayout, sampler: str, sampler_params: dict) -> CubeWriter:
-        """A new, empty cube at ``path`` (which must not exist yet)."""
+        """A new, empty cube at ``path`` (which must not exist yet).
+
+        Made under a temporary name and renamed into place complete, so a run killed while creating it
+        leaves no cube without its attributes (which a re-run could not open)."""
+        from polarxr.io import atomic_path
+
         path = Path(path)
-        root = zarr.open_group(path, mode="w-", zarr_format=3)
+        if path.exists():
+            raise CubeError(path, "exists already; a new cube needs a free path")
+        with atomic_path(path) as tmp:
+            cls._initialise(zarr.open_group(tmp, mode="w-", zarr_format=3), layout, sampler, sampler_params)
+        return cls(path, zarr.open_group(path, mode="r+"))
+
+    @staticmethod
+    def _initialise(root: zarr.Group, layout: CubeLayout, sampler: str, sampler_params: dict) -> None:
         size, bands = layout.patch_size, len(layout.band_names)
         fill = layout.nodata if layout.nodata is not None else (math.nan if "float" in layout.dtype else 0)
         root.create_array("image", shape=(0, bands, size, size), dtype=layout.dtype, fill_value=fill,
@@ -266,7 +278,6 @@ class CubeWriter:
             "format": FORMAT, **layout.attrs(), "sampler": sampler, "sampler_params": sampler_params,
             "split_codes": SPLIT_CODES, "version": __version__, **summary_attrs([]),
         })
-        return cls(path, root)
 
     @classmethod
     def open(cls, path: str | Path) -> CubeWriter:
