@@ -10,6 +10,7 @@ from rich.markup import escape
 from polarxr.cli import cluster_commands  # noqa: F401  (registers commands)
 from polarxr.cli import cube_commands  # noqa: F401  (registers commands)
 from polarxr.cli import discovery_commands  # noqa: F401  (registers commands)
+from polarxr.cli import ingest_commands  # noqa: F401  (registers commands)
 from polarxr.cli import predict_commands  # noqa: F401  (registers commands)
 from polarxr.cli import process_commands  # noqa: F401  (registers commands)
 from polarxr.cli import scene_commands  # noqa: F401  (registers commands)

@@ -72,8 +72,9 @@ def process(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
     inbox: Annotated[Path | None, typer.Argument(
-        help="Folder of scene GeoTIFFs (charts beside them are used for metrics), or a STAC ItemCollection / "
-             "Catalog JSON listing scenes. Not with --stac-api.")] = None,
+        help="Folder of scene GeoTIFFs or Sentinel-1 GRD products (.SAFE folders, .zip; ingested first; charts "
+             "beside them are used for metrics), or a STAC ItemCollection / Catalog JSON listing scenes. "
+             "Not with --stac-api.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",

@@ -36,3 +36,7 @@ class ModelError(PolarxrError):
 
 class ClusterError(PolarxrError):
     """A Dask cluster that cannot be started or reached."""
+
+
+class ProductError(PolarxrError):
+    """A Sentinel-1 product (``.SAFE`` folder or ``.zip``) that cannot be ingested."""

@@ -39,6 +39,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from polarxr.errors import PolarxrError, SceneError
+from polarxr.ingest.safe import is_product
 from polarxr.io import TEMPORARY_NAME, file_sha256
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
 from polarxr.outputs import CLASS_MAP_SUFFIX, PROBABILITIES_SUFFIX, QUICKLOOK_SUFFIX
@@ -47,6 +48,8 @@ from polarxr.region import check_intersects, read_region
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite"
+#: The geocoded scene ingested from a delivered product (``.SAFE`` / ``.zip``) before it is segmented.
+INGESTED_SUFFIX = "_scene.tif"
 #: Default chunk edge (px) of the blockwise inference.
 DEFAULT_CHUNK = 2048
 
@@ -94,7 +97,7 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     if not inbox.exists():
         raise SceneError(inbox, "inbox does not exist (a folder of scene GeoTIFFs or a STAC JSON file)")
     catalog = scene_catalog(inbox)
-    found = []
+    found = _products(inbox)
     for row in catalog.itertuples(index=False):
         start = getattr(row, "start", None)
         if start is None or start != start:  # NaT / NaN: not a product name
@@ -102,7 +105,30 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
                 f"{Path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
         else:
             found.append(InboxScene(row.scene, Path(row.path), row.chart, start.to_pydatetime()))
-    return found
+    return sorted(found, key=lambda s: (s.start is None, s.start or datetime.min, s.scene))
+
+
+def _products(inbox: Path) -> list[InboxScene]:
+    """Sentinel-1 products as delivered in an inbox folder (``*.SAFE`` folders, ``*.zip``), keyed by product name.
+
+    A product delivered twice (as a folder and as a zip, say) is listed once: the ``.SAFE`` folder wins.
+    """
+    from polarxr.scenes import chart_name_for, parse_product_name
+
+    found: dict[str, InboxScene] = {}
+    candidates = sorted(p for p in inbox.glob("*.SAFE") if p.is_dir()) + sorted(inbox.glob("*.zip"))
+    for path in candidates:
+        scene = path.name.split(".")[0]
+        if scene in found:
+            continue
+        try:
+            start = parse_product_name(scene).start
+        except ValueError as err:
+            found[scene] = InboxScene(scene, path, problem=str(err))
+            continue
+        chart = path.with_name(chart_name_for(start))
+        found[scene] = InboxScene(scene, path, chart if chart.exists() else None, start)
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -288,11 +314,19 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         log.info("%s: removed %s left by an interrupted run", entry.scene, path.name)
     if region is not None:
         grid = open_scene(entry.path)
-        # the swath's valid data, not the file's rectangle: an EW swath fills only part of it
-        check_intersects(region, valid_footprint(entry.path), grid.rio.crs, entry.path)
-    checksum = file_sha256(entry.path)
+        # the swath's valid data, not the file's rectangle: an EW swath fills only part of it (a delivered
+        # product is checked by its grid's rectangle, before the costly ingestion)
+        footprint = grid.rio.bounds() if is_product(entry.path) else valid_footprint(entry.path)
+        check_intersects(region, footprint, grid.rio.crs, entry.path)
+    scene_path = entry.path
+    if is_product(entry.path):
+        # the product's manifest lists every file's MD5: its digest identifies the delivery
+        checksum = file_sha256(entry.path / "manifest.safe" if entry.path.is_dir() else entry.path)
+        scene_path = _ingest_for(entry, outputs, checkpoint)
+    else:
+        checksum = file_sha256(entry.path)
     message, metrics = None, None
-    result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
+    result = predict_scene(scene_path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
                            chunk=chunk, client=client, quicklook=outputs.quicklook,
                            model_version=properties["polarxr:model"])
     if entry.chart is not None:
@@ -310,6 +344,22 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
     write_item(item, outputs.stac_item)
     sizes = {k: output_size(p) for k, p in outputs.paths().items() if p.exists()}
     return _SceneResult(getattr(result, "seconds", None), checksum, metrics, sizes, message)
+
+
+def _ingest_for(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path) -> Path:
+    """Geocode a delivered product into ``<scene>_scene.tif`` in the form the checkpoint reads.
+
+    A checkpoint trained on the 8-bit rendering (bands ``HH, HV, HH-HV``) gets the 8-bit product,
+    others linear float sigma0. Runs on the default dask scheduler (the cluster's client).
+    """
+    from polarxr.ingest import ingest_product
+    from polarxr.train import read_checkpoint
+
+    bands = list(read_checkpoint(checkpoint).get("band_names", []))
+    kind = "8bit" if len(bands) == 3 else "float"
+    target = outputs.folder / f"{entry.scene}{INGESTED_SUFFIX}"
+    ingest_product(entry.path, outputs.folder, kind=kind, scene_path=target, item=False)
+    return target
 
 
 def _metrics_summary(metrics: dict | None) -> dict:
@@ -406,7 +456,7 @@ def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed
     now = time.time() if now is None else now
     todo = []
     for entry in entries:
-        size, mtime = (entry.path.stat().st_size, entry.path.stat().st_mtime) if entry.path.exists() else (-1, 0.0)
+        size, mtime = _signature(entry.path)
         if (message := ledger.register(entry.scene, entry.path, size, mtime)) is not None:
             report.messages.append(message)
         record = ledger.get(entry.scene)
@@ -432,6 +482,29 @@ def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed
             report.outcomes.append(SceneOutcome(entry.scene, "busy", attempts=record.attempts, outputs=outputs,
                                                 message=f"being processed by pid {record.pid} on {record.host}"))
     return todo
+
+
+def _signature(path: Path) -> tuple[int, float]:
+    """(size, mtime) by which the ledger notices a changed input; -1 when missing.
+
+    A delivered product is identified by its name (it carries the product id) and its manifest: the same
+    product as ``.SAFE`` or ``.zip``, delivered again, is the same input (manifest size, mtime 0).
+    """
+    if not path.exists():
+        return -1, 0.0
+    if is_product(path):
+        if path.is_dir():
+            manifest = path / "manifest.safe"
+            return (manifest.stat().st_size if manifest.exists() else -1), 0.0
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                sizes = [i.file_size for i in archive.infolist() if i.filename.endswith("/manifest.safe")]
+        except (zipfile.BadZipFile, OSError):
+            return path.stat().st_size, path.stat().st_mtime
+        return (sizes[0] if sizes else -1), 0.0
+    return path.stat().st_size, path.stat().st_mtime
 
 
 def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, checkpoint, chunk, client, region,

@@ -194,8 +194,16 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None,
     Product-name fields are in ``attrs`` when the name is a Sentinel-1 product name; ``attrs`` also hold
     ``units``, ``band_names``, ``band_source`` (:func:`identify_bands`; ``bands`` names them explicitly)
     and ``scaling`` (DN scaling tags per band), which :mod:`polarxr.radiometry` compares.
+
+    A Sentinel-1 GRD product as delivered (a ``.SAFE`` folder or ``.zip``) is calibrated, denoised and
+    geocoded lazily onto the ExtremeEarth grid (:mod:`polarxr.ingest`): float32 linear sigma0, bands
+    named after its polarisations, NaN = no data.
     """
     path = Path(path)
+    from polarxr.ingest.safe import is_product
+
+    if is_product(path):
+        return _open_product(path, chunks)
     with _open_raster(path) as src:
         if src.crs is None:
             raise SceneError(path, "has no CRS; a georeferenced scene is needed (e.g. polar stereographic)")
@@ -229,6 +237,25 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None,
     return scene
 
 
+def _open_product(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArray:
+    from polarxr.ingest import geocode, open_product
+
+    edge = chunks if isinstance(chunks, int) else (chunks or {}).get("y", DEFAULT_CHUNK)
+    product = open_product(path)
+    scene = geocode(product, chunk=edge if edge and edge > 0 else DEFAULT_CHUNK)
+    scene.name = "backscatter"
+    scene.attrs = {"source": str(path), "units": "linear", "band_names": product.bands, **product.product.attrs()}
+    return scene
+
+
+def _product_measurement(path: str | Path) -> str:
+    """The GDAL path of a product's first measurement (what :func:`ensure_not_empty` samples)."""
+    from polarxr.ingest import open_product
+
+    product = open_product(path)
+    return product.polarisations[product.bands[0]].measurement
+
+
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
     """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data.
 
@@ -260,7 +287,11 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     Reads a decimated view (at most ``max_side`` px a side) through GDAL, so memory stays small.
     """
     path = scene.attrs.get("source")
-    with _open_raster(path) as src:
+    from polarxr.ingest.safe import is_product
+
+    product = path is not None and is_product(path)
+    # a delivered product: sample its measurement (0 = no data), opened by GDAL (inside a zip, too)
+    with (rasterio.open(_product_measurement(path)) if product else _open_raster(path)) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
         try:
