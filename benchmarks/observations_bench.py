@@ -149,7 +149,6 @@ def goals(args, workdir: Path) -> list[str]:
 
     from polarxr.cluster import get_client
     from polarxr.evaluate import evaluate_prediction
-    from polarxr.io import write_cog
     from polarxr.observations.distance import boundary_errors
     from polarxr.observations.fronts import front_positions
     from polarxr.observations.icebergs import find_icebergs

@@ -41,7 +41,7 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
     import rasterio
 
     from polarxr.predict import normalise, segment_array
-    from polarxr.train import load_checkpoint
+    from polarxr.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device=device)
     with rasterio.open(scene_path) as src:

@@ -256,7 +256,7 @@ def main() -> None:
         parser.error("--test-seed must differ from --seed: the held-out scenes must not be training scenes")
 
     from polarxr.cluster import get_client
-    from polarxr.cube import PatchDataset
+    from polarxr.datasets import PatchDataset
     from polarxr.train import resolve_device
 
     console = Console(width=None if sys.stdout.isatty() else 200)

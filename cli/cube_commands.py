@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from polarxr.cli.app import app
-from polarxr.cli.options import (ClusterKind, ClusterOption, SchedulerOption, TlsDirOption, WorkersOption,
-                                 client_from_options)
+from polarxr.cli.options import (BandsOption, ClusterKind, ClusterOption, SchedulerOption, TlsDirOption,
+                                 WorkersOption, band_names, client_from_options)
 
 console = Console()
 SPLIT_PANEL = "Split by scene"
@@ -126,6 +126,7 @@ def sample(
                                               "multiples of the file's tiles near 2048).")] = None,
     split_fractions: SplitFractionsOption = "0.8,0.2,0",
     split: SplitOption = None,
+    bands: BandsOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -151,7 +152,7 @@ def sample(
         from polarxr.errors import SceneError
 
         raise SceneError(scenes_dir, "holds no scene GeoTIFFs (*.tif)")
-    plan = plan_cube(catalog, cube, sampler, split_config, overwrite=overwrite, chunks=chunk)
+    plan = plan_cube(catalog, cube, sampler, split_config, overwrite=overwrite, chunks=chunk, bands=band_names(bands))
     with client_from_options(cluster, scheduler, workers, tls_dir), make_progress() as progress, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", category=UserWarning)
@@ -162,7 +163,7 @@ def sample(
             if stage in ("done", "skipped"):
                 progress.advance(task)
 
-        results = plan.run(on_progress)
+        results = plan.run(on_progress, on_wait=lambda message: progress.console.print(message))
         progress.update(task, description="scenes")
     _print_warnings(caught)
     _summary(results, cube)

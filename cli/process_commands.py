@@ -23,7 +23,7 @@ from polarxr.discovery.stac_api import DEFAULT_COLLECTION, DEFAULT_PAGE_SIZE, DE
 console = Console()
 
 _STATUS_STYLE = {"done": "green", "failed": "bold red", "up-to-date": "dim", "failed-before": "red",
-                 "busy": "yellow"}
+                 "busy": "yellow", "retry": "yellow", "waiting": "yellow"}
 
 
 def _terminate(signum, frame) -> None:
@@ -86,6 +86,9 @@ def process(
                                                 "with --stac-api also the search area.")] = None,
     ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk: "
                                                 "required when OUT is on object storage).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Audit every done scene's outputs in full (every file of "
+                                         "every store, every class map opened) and redo those that fail; by "
+                                         "default only their existence and sizes are checked.")] = False,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -134,7 +137,7 @@ def process(
         return client_from_options(cluster, scheduler, workers, tls_dir, console=console)
 
     options = dict(retry_failed=retry_failed, chunk=chunk, max_concurrent=max_concurrent, region=region,
-                   ledger_path=ledger, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
+                   ledger_path=ledger, verify=verify, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
     if watch:
         console.print(f"watching [bold]{escape(stac_api or str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
         watch_inbox(inbox, out, checkpoint, interval_s, max_cycles=max_cycles, client=client,

@@ -13,6 +13,10 @@ class PolarxrError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):
+        # rebuilt from (path, problem), so an error raised in a task on a worker reaches the client whole
+        return type(self), (self.path, self.problem)
+
 
 class SceneError(PolarxrError):
     """A scene GeoTIFF that cannot be used (corrupt, no CRS, empty, wrong bands)."""

@@ -20,6 +20,7 @@ The guarantee (see README, "Writing outputs"): nothing is visible under a final 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -416,3 +417,12 @@ def cog_problems(path: Target) -> list[str]:
         if largest > COG_BLOCKSIZE * 2 and len(pages) < 2:
             problems.append("no overviews")
     return problems
+
+
+def file_sha256(path: Target, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file (local or a URL), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open_binary(path) as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -23,7 +23,6 @@ processed again, with a message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -40,23 +39,20 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import RasterioError
 
-from polarxr.errors import ModelError, PolarxrError, SceneError
+from polarxr.errors import PolarxrError, SceneError
 from polarxr.ingest.safe import is_product
-from polarxr.io import TEMPORARY_NAME, as_path, is_url, open_binary, remove, size_of
+from polarxr.io import TEMPORARY_NAME, as_path, file_sha256, is_url, remove, size_of
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
+from polarxr.outputs import CLASS_MAP_SUFFIX, PROBABILITIES_SUFFIX, QUICKLOOK_SUFFIX
 from polarxr.region import check_intersects, read_region
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite"
-CLASS_MAP_SUFFIX = "_class.tif"
-PROBABILITIES_SUFFIX = "_probability.zarr"
-QUICKLOOK_SUFFIX = "_quicklook.png"
 #: The geocoded scene ingested from a delivered product (``.SAFE`` / ``.zip``) before it is segmented.
 INGESTED_SUFFIX = "_scene.tif"
 #: Default chunk edge (px) of the blockwise inference.
 DEFAULT_CHUNK = 2048
-# Names io.atomic_path gives its temporaries: left behind only when a process was killed mid-write.
 
 
 # --------------------------------------------------------------------------------------------- inbox
@@ -174,16 +170,25 @@ def output_size(path: str | Path) -> int:
     return size_of(path)
 
 
-def check_outputs(record: SceneRecord) -> str | None:
-    """Why a ``done`` row's outputs cannot be trusted (missing, changed size, unreadable), or None."""
+def check_outputs(record: SceneRecord, full: bool = True) -> str | None:
+    """Why a ``done`` row's outputs cannot be trusted (missing, changed size, unreadable), or None.
+
+    ``full=False`` is the check of every poll: the outputs exist and the files (not the Zarr stores,
+    whose files would all be visited) have their recorded sizes, from one ``stat`` each. ``full`` (``process
+    --verify``) also sums every store's files and opens the class map.
+    """
     outputs, sizes = record.outputs(), record.sizes()
     if "class_map" not in outputs:
         return "no class map is recorded"
     for kind, path in outputs.items():
         if not path.exists():
             return f"output {path} is missing"
+        if not full and path.is_dir():
+            continue
         if kind in sizes and output_size(path) != sizes[kind]:
             return f"output {path} has changed size ({sizes[kind]} -> {output_size(path)} B; truncated or overwritten?)"
+    if not full:
+        return None
     try:
         with rasterio.open(str(outputs["class_map"])) as src:
             if src.count != 1 or src.dtypes[0] != "uint8":
@@ -204,21 +209,11 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open_binary(path) as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_version(checkpoint: str | Path) -> str:
-    """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
-    checkpoint = as_path(checkpoint)
-    if not checkpoint.is_file():
-        raise ModelError(checkpoint, "checkpoint does not exist")
-    return file_sha256(checkpoint)[:16]
+    """The model version recorded with each scene (:func:`polarxr.checkpoints.checkpoint_version`)."""
+    from polarxr.checkpoints import checkpoint_version
+
+    return checkpoint_version(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -226,8 +221,10 @@ def model_version(checkpoint: str | Path) -> str:
 class SceneOutcome:
     """What a run did with one scene.
 
-    ``status``: ``done`` / ``failed`` (processed in this run), ``up-to-date`` (done earlier),
-    ``failed-before`` (failed earlier, not retried), ``busy`` (another live run is processing it).
+    ``status``: ``done`` / ``failed`` (processed in this run), ``retry`` (failed transiently in this run,
+    to be tried again), ``waiting`` (failed transiently before, its backoff not over), ``up-to-date``
+    (done earlier), ``failed-before`` (failed earlier, not retried), ``busy`` (another live run is
+    processing it).
     """
 
     scene: str
@@ -258,8 +255,8 @@ class ProcessReport:
 
     @property
     def processed(self) -> list[SceneOutcome]:
-        """Scenes this run attempted (done or failed)."""
-        return self.with_status("done", "failed")
+        """Scenes this run attempted (done, failed, or to be retried)."""
+        return self.with_status("done", "failed", "retry")
 
     @property
     def failed(self) -> list[SceneOutcome]:
@@ -268,6 +265,15 @@ class ProcessReport:
 
 
 # --------------------------------------------------------------------------------------------- running
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A scene whose attempt failed transiently is tried again, at most ``max_attempts`` attempts in all,
+    each after ``backoff_s`` seconds doubled per attempt (60 s, 120 s, ...); then it is ``failed``."""
+
+    max_attempts: int = 3
+    backoff_s: float = 60.0
+
+
 @dataclass
 class _SceneResult:
     predict_seconds: float | None
@@ -309,14 +315,17 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
                    region, properties: dict) -> _SceneResult:
     """Segment one scene and write its outputs and STAC Item (runs in a thread of the client process)."""
     from polarxr.predict import predict_scene
-    from polarxr.scenes import open_scene
+    from polarxr.scenes import open_scene, valid_footprint
     from polarxr.stac import scene_item, write_item
 
     for path in _remove_leftovers(outputs.folder):
         log.info("%s: removed %s left by an interrupted run", entry.scene, path.name)
     if region is not None:
         grid = open_scene(entry.path)
-        check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
+        # the swath's valid data, not the file's rectangle: an EW swath fills only part of it (a delivered
+        # product is checked by its grid's rectangle, before the costly ingestion)
+        footprint = grid.rio.bounds() if is_product(entry.path) else valid_footprint(entry.path)
+        check_intersects(region, footprint, grid.rio.crs, entry.path)
     scene_path = entry.path
     if _is_product(entry.path):
         # the product's manifest lists every file's MD5: its digest identifies the delivery
@@ -326,7 +335,8 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
         checksum = file_sha256(entry.path)
     message, metrics = None, None
     result = predict_scene(scene_path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
-                           chunk=chunk, client=client, quicklook=outputs.quicklook)
+                           chunk=chunk, client=client, quicklook=outputs.quicklook,
+                           model_version=properties["polarxr:model"])
     if entry.chart is not None:
         from polarxr.evaluate import evaluate_prediction
 
@@ -394,6 +404,9 @@ def process_inbox(
     ledger_path: str | Path | None = None,
     on_scene: Callable[[SceneOutcome], None] | None = None,
     heartbeat_s: float = 30.0,
+    verify: bool = False,
+    retry: RetryPolicy = RetryPolicy(),
+    clock: Callable[[], float] = time.time,
 ) -> ProcessReport:
     """Segment every scene of ``inbox`` that the ledger does not record as done; return what happened.
 
@@ -404,6 +417,10 @@ def process_inbox(
     processing; by default a local cluster (:func:`polarxr.cluster.get_client`), likewise only then. ``max_concurrent`` scenes are in flight at once (default: one per
     worker, at least two). ``region``: a polygon file; scenes that miss it are recorded as failed.
     ``chunk``: block edge of the inference in px. ``on_scene`` is called as each scene finishes.
+    ``verify``: audit every ``done`` scene's outputs in full (every file of every store, every class map
+    opened); by default a poll only checks that they exist with their recorded sizes. ``retry``: how often
+    and when a scene that failed for a reason other than its input (a lost worker, a full disk) is tried
+    again before it is recorded as failed; ``clock`` gives the time (seconds) for its backoff.
 
     Raises :class:`~polarxr.ledger.LedgerError` for a ledger that is not one or from a newer polarxr,
     :class:`ModelError` for a missing checkpoint, :class:`SceneError` for a missing inbox. Problems with
@@ -417,6 +434,7 @@ def process_inbox(
     tic = time.perf_counter()
     model_hash = model_version(checkpoint)
     region_frame = read_region(region) if region else None
+    entries = find_scenes(inbox)  # a missing inbox is reported before anything is written
     if not is_url(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
@@ -424,8 +442,7 @@ def process_inbox(
     report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())
     with Ledger(ledger_path) as ledger:
         report.messages += ledger.recover_stale(active_run=run_id)
-        entries = find_scenes(inbox)
-        todo = _plan(ledger, entries, out_dir, retry_failed, report)
+        todo = _plan(ledger, entries, out_dir, retry_failed, report, verify, retry, clock())
         if todo:
             with ExitStack() as stack:
                 if client is None or not hasattr(client, "submit"):
@@ -439,7 +456,7 @@ def process_inbox(
                 try:
                     _execute(ledger, todo, owner, model_hash, __version__, retry_failed, out_dir, checkpoint,
                              chunk, client, region_frame, properties, max_concurrent or default_concurrency(client),
-                             heartbeat_s, report, on_scene)
+                             heartbeat_s, report, on_scene, retry)
                 finally:
                     ledger.finish_run(run_id, len(report.with_status("done")), len(report.failed))
     report.seconds = time.perf_counter() - tic
@@ -447,21 +464,29 @@ def process_inbox(
 
 
 def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed: bool,
-          report: ProcessReport) -> list[InboxScene]:
-    """Register the inbox's scenes, re-queue done scenes whose outputs are broken, return those to process."""
+          report: ProcessReport, verify: bool = False, retry: RetryPolicy | None = None,
+          now: float | None = None) -> list[InboxScene]:
+    """Register the inbox's scenes, re-queue done scenes whose outputs are broken, return those to process
+    (less those waiting out their retry backoff)."""
+    retry = retry or RetryPolicy()
+    now = time.time() if now is None else now
     todo = []
     for entry in entries:
         size, mtime = _signature(entry.path)
         if (message := ledger.register(entry.scene, entry.path, size, mtime)) is not None:
             report.messages.append(message)
         record = ledger.get(entry.scene)
-        if record.status == "done" and (problem := check_outputs(record)) is not None:
+        if record.status == "done" and (problem := check_outputs(record, full=verify)) is not None:
             message = f"{entry.scene}: {problem}; processing it again"
             ledger.reset(entry.scene, message)
             report.messages.append(message)
             record = ledger.get(entry.scene)
         outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
-        if record.status == "pending" or (record.status == "failed" and retry_failed):
+        due = Ledger.retry_at(record, retry.backoff_s)
+        if due is not None and now < due:
+            report.outcomes.append(SceneOutcome(entry.scene, "waiting", record.seconds, record.error, record.attempts,
+                                                message=f"tried again after {datetime.fromtimestamp(due):%H:%M:%S}"))
+        elif record.status == "pending" or (record.status == "failed" and retry_failed):
             todo.append(entry)
         elif record.status == "done":
             report.outcomes.append(SceneOutcome(entry.scene, "up-to-date", record.seconds, attempts=record.attempts,
@@ -499,7 +524,7 @@ def _signature(path: Path) -> tuple[int, float]:
 
 
 def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, checkpoint, chunk, client, region,
-             properties, max_concurrent, heartbeat_s, report, on_scene) -> None:
+             properties, max_concurrent, heartbeat_s, report, on_scene, retry: RetryPolicy) -> None:
     """Claim and process ``todo`` with at most ``max_concurrent`` scenes in flight; record each result."""
     queue: deque[InboxScene] = deque(todo)
     in_flight: dict[Future, tuple[InboxScene, float]] = {}
@@ -534,7 +559,7 @@ def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, ch
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:
                 entry, started = in_flight.pop(future)
-                record(_settle(ledger, owner.run_id, entry, future, time.perf_counter() - started, out_dir))
+                record(_settle(ledger, owner.run_id, entry, future, time.perf_counter() - started, out_dir, retry))
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         released = ledger.release(owner.run_id, "the run was interrupted before this scene finished")
@@ -545,22 +570,51 @@ def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, ch
     pool.shutdown(wait=True)
 
 
+def _transient(err: BaseException) -> bool:
+    """Whether a failure may pass on its own (a lost worker or scheduler, a full disk, a replaced
+    checkpoint) rather than come from the scene itself (a :class:`PolarxrError` about the input)."""
+    from polarxr.checkpoints import CheckpointChanged
+
+    if isinstance(err, CheckpointChanged):
+        return True
+    if isinstance(err, PolarxrError):  # a block failure is named after its scene: judge what caused it
+        cause = err.__cause__
+        return cause is not None and not isinstance(cause, PolarxrError) and _transient(cause)
+    return True
+
+
 def _settle(ledger: Ledger, run_id: str, entry: InboxScene, future: Future, seconds: float,
-            out_dir: Path) -> SceneOutcome:
-    """Record a finished scene future in the ledger as done or failed."""
+            out_dir: Path, retry: RetryPolicy | None = None) -> SceneOutcome:
+    """Record a finished scene future in the ledger: done, failed, or (a transient failure within the
+    attempt budget) pending again for a later retry."""
+    retry = retry or RetryPolicy()
     outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
+    attempts = ledger.get(entry.scene).attempts
     try:
         result: _SceneResult = future.result()
     except Exception as err:  # any failure of one scene is recorded; the others go on
         log.debug("%s failed", entry.scene, exc_info=True)
         error = _describe(err)
-        ledger.mark_failed(entry.scene, run_id, error, seconds)
-        return SceneOutcome(entry.scene, "failed", seconds, error, ledger.get(entry.scene).attempts)
+        again = _transient(err) and attempts < retry.max_attempts
+        if not ledger.mark_failed(entry.scene, run_id, error, seconds, retry=again):
+            return _lost(entry, seconds, attempts)
+        if again:
+            return SceneOutcome(entry.scene, "retry", seconds, error, attempts,
+                                message=f"attempt {attempts} of {retry.max_attempts}; tried again after "
+                                        f"{retry.backoff_s * 2 ** (attempts - 1):g} s")
+        return SceneOutcome(entry.scene, "failed", seconds, error, attempts)
     written = {k: p for k, p in outputs.items() if k in result.sizes}
-    ledger.mark_done(entry.scene, run_id, written, result.sizes, seconds, result.predict_seconds, result.checksum,
-                     result.metrics, result.message)
+    if not ledger.mark_done(entry.scene, run_id, written, result.sizes, seconds, result.predict_seconds,
+                            result.checksum, result.metrics, result.message):
+        return _lost(entry, seconds, attempts)
     return SceneOutcome(entry.scene, "done", seconds, attempts=ledger.get(entry.scene).attempts, outputs=written,
                         message=result.message)
+
+
+def _lost(entry: InboxScene, seconds: float, attempts: int) -> SceneOutcome:
+    return SceneOutcome(entry.scene, "busy", seconds, attempts=attempts,
+                        message="another run took this scene over meanwhile (this run's lease ran out); "
+                                "its result was not recorded")
 
 
 # --------------------------------------------------------------------------------------------- watching

@@ -16,7 +16,6 @@ that dies mid-run just has its tasks recomputed elsewhere, giving identical outp
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
 from polarxr.io import as_path, local_copy, output_lock
@@ -65,22 +65,24 @@ class PredictionResult:
 
 
 # --------------------------------------------------------------------------------------------- model
-@functools.lru_cache(maxsize=4)
-def _cached_model(checkpoint: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
-    from polarxr.train import load_checkpoint
+@functools.cache
+def model_cache() -> ModelCache:
+    """This process's (worker's) models: loaded once per checkpoint version and device, then reused."""
+    return ModelCache()
 
-    return load_checkpoint(checkpoint, device=device)
 
+def worker_model(checkpoint: str | Path, version: str | None = None, device: str | None = None
+                 ) -> tuple[torch.nn.Module, dict]:
+    """The model of ``checkpoint`` at ``version`` on this process's device, from :func:`model_cache`.
 
-def worker_model(checkpoint: str | Path, device: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of ``checkpoint`` on this process's device, loaded once per process (worker) and reused.
-
-    Tasks carry only the checkpoint path, never the weights; the cache key includes the file's mtime so a
-    retrained checkpoint at the same path is picked up.
+    Tasks carry the checkpoint's path and the version the client fixed, never the weights; a file that no
+    longer holds that version raises :class:`~polarxr.checkpoints.CheckpointChanged`. Without
+    ``version``, the file's current version.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = os.fspath(local_copy(checkpoint))  # a checkpoint on object storage is fetched once per machine
-    return _cached_model(path, os.stat(path).st_mtime_ns, device)
+    path = local_copy(checkpoint)  # a checkpoint on object storage is fetched once per machine
+    version = version or checkpoint_version(path)
+    return model_cache().get(path, version, device)
 
 
 def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
@@ -189,6 +191,7 @@ def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size,
 def _probabilities_block(
     block: np.ndarray,
     checkpoint: str,
+    version: str,
     nodata: float | None,
     halo: int,
     tile: int | None,
@@ -196,10 +199,10 @@ def _probabilities_block(
     encode: bool = False,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata), or with
-    ``encode`` the stored uint8 ``(1 + class, y, x)`` (class, then p x 254; 255 on nodata), encoded on the
-    worker's device."""
-    model, meta = worker_model(checkpoint)
+    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata), by the
+    model of ``checkpoint`` at ``version``, or with ``encode`` the stored uint8 ``(1 + class, y, x)`` (class,
+    then p x 254; 255 on nodata), encoded on the worker's device."""
+    model, meta = worker_model(checkpoint, version)
     device = next(model.parameters()).device.type
     default_tile, default_batch = DEFAULT_TILING.get(device, DEFAULT_TILING["cpu"])
     batch_size = batch_size or default_batch
@@ -260,13 +263,22 @@ def _edge_chunks(size: int, chunk: int, halo: int) -> tuple[int, ...]:
 
 
 def _check_compatible(scene: xr.DataArray, meta: dict, checkpoint: Path) -> None:
+    """:class:`ModelError` unless the scene's bands, units, dtype, polarisations and DN scaling are those
+    the checkpoint was trained on (:mod:`polarxr.radiometry`; fields a checkpoint lacks are not compared)."""
+    from polarxr.radiometry import differences, radiometry
+
     expected = list(meta["band_names"])
     actual = [str(b) for b in scene.band.values]
+    source = scene.attrs.get("source")
     if expected != actual:
-        raise ModelError(
-            checkpoint,
-            f"was trained on bands {expected} but scene {scene.attrs.get('source')} has bands {actual}",
-        )
+        hint = ""
+        if scene.attrs.get("band_source") in ("unknown", "product name") and len(expected) == len(actual):
+            hint = f" (found from its {'layout' if scene.attrs['band_source'] == 'unknown' else 'product name'}; " \
+                   f"if they are {','.join(expected)}, say so with --bands {','.join(expected)})"
+        raise ModelError(checkpoint, f"was trained on bands {expected} but scene {source} has bands {actual}{hint}")
+    problems = differences(meta.get("radiometry"), radiometry(scene))
+    if problems:
+        raise ModelError(checkpoint, f"does not fit scene {source}: " + "; ".join(problems))
 
 
 def probabilities(
@@ -277,6 +289,7 @@ def probabilities(
     batch_size: int | None = None,
     seamless: bool = True,
     encode: bool = False,
+    version: str | None = None,
 ) -> xr.DataArray:
     """Lazy float32 class probabilities ``DataArray(class, y, x)`` of a scene, on its grid and CRS.
 
@@ -286,9 +299,11 @@ def probabilities(
     ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
     ``encode=True``: the stored form instead, uint8 ``(1 + class, y, x)`` (class map, then p x 254; 255 on
     nodata), computed on each worker's device so that only uint8 leaves a GPU.
+    ``version``: the checkpoint version every block must use (default: the file's version now).
     """
     checkpoint = as_path(checkpoint)
-    model, meta = worker_model(checkpoint, device="cpu")
+    version = version or checkpoint_version(local_copy(checkpoint))
+    model, meta = worker_model(checkpoint, version, device="cpu")
     _check_compatible(scene, meta, checkpoint)
     halo, multiple = _geometry(model, meta)
     if not seamless:  # a preview (and the benchmarks' baseline): no halo, seams at block edges
@@ -310,6 +325,7 @@ def probabilities(
         meta=np.empty((0, 0, 0), np.uint8 if encode else np.float32),
         chunks=((N_CLASSES + encode,), data.chunks[1], data.chunks[2]),
         checkpoint=str(checkpoint),
+        version=version,
         nodata=scene.rio.nodata,
         halo=halo,
         tile=tile,
@@ -406,12 +422,17 @@ def predict_scenes(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> list[PredictionResult]:
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
     Per scene: ``<stem>_class.tif`` (COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS),
     ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 254, 255 nodata; CF-decodable), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
+    ``model_version``: the checkpoint version to use (default: the file's version when the run starts);
+    every block of every scene is made by that version, or the run fails. ``bands``: the scenes' band
+    names where the files do not say (:func:`polarxr.scenes.identify_bands`).
     """
     out_dir = as_path(out_dir)
     charts = list(charts) if charts is not None else [None] * len(scenes)
@@ -419,7 +440,8 @@ def predict_scenes(
     for path in scenes:
         stem = as_path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     results = _run(scenes, outputs, checkpoint, client, options, progress)
     for result, chart in zip(results, charts):
         _finish(result, chart, quicklooks)
@@ -439,10 +461,14 @@ def predict_scene(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> PredictionResult:
-    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook, metrics)."""
+    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook,
+    metrics); ``model_version`` and ``bands`` as for :func:`predict_scenes`."""
     outputs = [(as_path(out_tif), as_path(probabilities) if probabilities else None)]
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
     return result
@@ -470,21 +496,28 @@ def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[P
             return _run(scenes, outputs, checkpoint, local_client, options, progress)
     if options["chunk"] is None:
         options = {**options, "chunk": default_chunk(client)}
+    # one model version for the whole run, fixed here on the client: every block's task carries it
+    options = {**options, "version": options.get("version") or checkpoint_version(checkpoint)}
     with output_lock([p for pair in outputs for p in pair]):
         return _run_locked(scenes, outputs, checkpoint, client, options, progress)
 
 
 def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
     from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
 
     from polarxr import __version__
 
-    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
+    options = dict(options)
+    bands = options.pop("bands", None)
+    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"]}
     started = time.perf_counter()
     plans: list[_ScenePlan] = []
     try:
         for scene_path, (out_tif, out_zarr) in zip(scenes, outputs):
-            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]})
+            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]},
+                               bands=bands)
             ensure_not_empty(scene)
             encoded = probabilities(scene, checkpoint, encode=True, **options).data
             plans.append(_plan_scene(scene, encoded, out_tif, out_zarr, tags, options["chunk"]))
@@ -498,6 +531,8 @@ def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) ->
             plan, (ys, xs) = where[index_of[future.key]]
             try:
                 future.result()
+            except (CheckpointChanged, FutureCancelledError, CommClosedError):
+                raise  # a replaced checkpoint or a lost scheduler: not a problem of the scene
             except Exception as err:  # a block failed on a worker even after retries: name the scene
                 raise SceneError(plan.scene.attrs["source"],
                                  f"segmentation failed in rows {ys.start}-{ys.stop}, columns {xs.start}-{xs.stop}: "

@@ -24,7 +24,7 @@ from rasterio.enums import Resampling
 from polarxr.classes import CLASS_CODES, CLASS_COLOURS, CLASS_NAMES, NO_LABEL
 from polarxr.errors import SceneError
 from polarxr.io import as_path, atomic_path, open_binary
-from polarxr.scenes import parse_product_name
+from polarxr.scenes import parse_product_name, valid_pixels
 
 _DPI = 100
 _GAP = 0.01  # gap between two panels, as a fraction of the figure width
@@ -94,11 +94,7 @@ def _view(source: str | Path | xr.DataArray, max_side: int, resampling: Resampli
 
 
 def _valid(view: _View) -> np.ndarray:
-    data = view.data
-    invalid = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else np.zeros(data.shape, bool)
-    if view.nodata is not None and not np.isnan(view.nodata):
-        invalid |= data == view.nodata
-    return ~invalid.all(axis=0)
+    return valid_pixels(view.data, view.nodata)
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from polarxr.classes import CLASS_CODES, N_CLASSES, NO_LABEL
-from polarxr.cube import SHARD, SPLIT_CODES, CubeLayout, CubeWriter, SceneResult, SplitConfig, remove_scenes
+from polarxr.cube import (SHARD, SPLIT_CODES, CubeLayout, CubeWriter, SceneResult, SplitConfig, remove_scenes,
+                          writer_lock)
 from polarxr.errors import CubeError
 from polarxr.patches import merge_stats, patch_stats
 
@@ -162,42 +163,43 @@ def import_seed_patches(
         raise CubeError(seed_dir, f"{len(bands)} band names given for {_MODES[mode]}-band PNGs ({mode})")
     layout = CubeLayout(size, tuple(bands), "uint8", 0.0, None)
     name = scene or seed_dir.name
-    if cube_path.exists():
-        writer = CubeWriter.open(cube_path)
-        writer.layout.check_matches(layout, seed_dir, f"seed patches of {seed_dir} ({size} px {mode})")
-        existing = {r["name"]: r for r in writer.records}
-        if name in existing and not overwrite:
-            record = existing[name]
-            return SceneResult(name, "skipped", record["split"], record["count"], record["patch_counts"],
-                               start=record["start"])
-        if name in existing:
-            writer = remove_scenes(cube_path, {name})
-    else:
-        existing = {}
-        writer = CubeWriter.create(cube_path, layout, "seed-import", {"bgr": bgr})
-    records = writer.records
-    split_name = split.choose(name, [r["split"] for r in records])
-    n = len(rows.idx)
-    start = writer.reserve(n)
-    parts = []
-    for lo in range(0, n, SHARD):
-        hi = min(n, lo + SHARD)
-        image = _read_batch(seed_dir, rows.idx[lo:hi], bgr)
-        label = np.full((hi - lo, size, size), NO_LABEL, np.uint8)
-        parts.append(patch_stats(image, label, 0.0))
-        writer.write(start + lo, {
-            "image": image, "label": label, "patch_label": rows.label[lo:hi],
-            "scene": np.full(hi - lo, len(records), np.int32), "row": rows.row[lo:hi].astype(np.int32),
-            "col": rows.col[lo:hi].astype(np.int32), "x": np.full(hi - lo, np.nan), "y": np.full(hi - lo, np.nan),
-            "split": np.full(hi - lo, SPLIT_CODES[split_name], np.uint8),
-        })
-    counts = np.bincount(rows.label, minlength=N_CLASSES)
-    record = {
-        "name": name, "source": str(seed_dir), "chart": None, "start": start, "count": n, "split": split_name,
-        "shape": None, "start_time": None, "patch_counts": {str(k): int(counts[k]) for k in range(N_CLASSES)},
-        "sampler": {"mode": "seed-import", "meta": str(meta_path), "bgr": bgr}, "sampling": None,
-        "stats": merge_stats(parts),
-    }
-    writer.commit([*records, record])
-    status = "replaced" if name in existing else "added"
-    return SceneResult(name, status, split_name, n, record["patch_counts"], start=start)
+    with writer_lock(cube_path):
+        if cube_path.exists():
+            writer = CubeWriter.open(cube_path)
+            writer.layout.check_matches(layout, seed_dir, f"seed patches of {seed_dir} ({size} px {mode})")
+            existing = {r["name"]: r for r in writer.records}
+            if name in existing and not overwrite:
+                record = existing[name]
+                return SceneResult(name, "skipped", record["split"], record["count"], record["patch_counts"],
+                                   start=record["start"])
+            if name in existing:
+                writer = remove_scenes(cube_path, {name})
+        else:
+            existing = {}
+            writer = CubeWriter.create(cube_path, layout, "seed-import", {"bgr": bgr})
+        records = writer.records
+        split_name = split.choose(name, [r["split"] for r in records])
+        n = len(rows.idx)
+        start = writer.reserve(n)
+        parts = []
+        for lo in range(0, n, SHARD):
+            hi = min(n, lo + SHARD)
+            image = _read_batch(seed_dir, rows.idx[lo:hi], bgr)
+            label = np.full((hi - lo, size, size), NO_LABEL, np.uint8)
+            parts.append(patch_stats(image, label, 0.0))
+            writer.write(start + lo, {
+                "image": image, "label": label, "patch_label": rows.label[lo:hi],
+                "scene": np.full(hi - lo, len(records), np.int32), "row": rows.row[lo:hi].astype(np.int32),
+                "col": rows.col[lo:hi].astype(np.int32), "x": np.full(hi - lo, np.nan), "y": np.full(hi - lo, np.nan),
+                "split": np.full(hi - lo, SPLIT_CODES[split_name], np.uint8),
+            })
+        counts = np.bincount(rows.label, minlength=N_CLASSES)
+        record = {
+            "name": name, "source": str(seed_dir), "chart": None, "start": start, "count": n, "split": split_name,
+            "shape": None, "start_time": None, "patch_counts": {str(k): int(counts[k]) for k in range(N_CLASSES)},
+            "sampler": {"mode": "seed-import", "meta": str(meta_path), "bgr": bgr}, "sampling": None,
+            "stats": merge_stats(parts),
+        }
+        writer.commit([*records, record])
+        status = "replaced" if name in existing else "added"
+        return SceneResult(name, status, split_name, n, record["patch_counts"], start=start)

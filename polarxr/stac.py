@@ -24,8 +24,8 @@ from pystac.extensions.projection import ProjectionExtension
 from polarxr.classes import CLASS_COLOURS, CLASS_NAMES, NO_LABEL
 from polarxr.errors import SceneError
 from polarxr.io import as_path, atomic_path, is_url, open_binary
-from polarxr.region import bounds_footprint
-from polarxr.scenes import parse_product_name
+from polarxr.region import bounds_footprint, lonlat_footprint
+from polarxr.scenes import parse_product_name, valid_footprint
 
 #: Media types of the assets polarxr writes and of the scenes it reads.
 ZARR_MEDIA_TYPE = "application/vnd.zarr; version=3"
@@ -47,7 +47,8 @@ def scene_item(
     """A STAC Item for one processed scene; asset hrefs are relative to ``item_path``'s folder.
 
     ``outputs`` maps ``class_map``/``probabilities``/``quicklook`` to paths (None: left out). The grid
-    is read from the class map (the scene's grid). ``properties`` are added as Item properties.
+    is read from the class map (the scene's grid); the footprint is the outline of its mapped pixels.
+    ``properties`` are added as Item properties.
     Raises :class:`SceneError` when ``scene_path``'s name is not a Sentinel-1 product name.
     """
     try:
@@ -56,8 +57,11 @@ def scene_item(
         raise SceneError(scene_path, f"{err}; the acquisition time for the STAC Item comes from it") from None
     with rasterio.open(str(outputs["class_map"])) as src:
         bounds, crs, transform, shape = tuple(src.bounds), src.crs, src.transform, (src.height, src.width)
-    # 7 decimals of a degree: about 1 cm, plenty for a footprint and a compact JSON
-    footprint = shapely.set_precision(bounds_footprint(bounds, crs), 1e-7)
+    # the outline of the mapped (not nodata) pixels, not the grid's rectangle; 7 decimals of a degree:
+    # about 1 cm, plenty for a footprint and a compact JSON
+    valid = valid_footprint(outputs["class_map"])
+    footprint = bounds_footprint(bounds, crs) if valid is None else lonlat_footprint(valid, crs)
+    footprint = shapely.set_precision(footprint, 1e-7)
     item = pystac.Item(
         id=scene_id,
         geometry=shapely.geometry.mapping(footprint),

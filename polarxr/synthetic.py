@@ -972,7 +972,7 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
                    dtype="uint8" if product == "8bit" else "float32", nodata=0 if product == "8bit" else np.nan,
                    tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate", BIGTIFF="IF_SAFER")
     counts = np.zeros(256, np.int64)
-    with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=256 * 2**20), rasterio.open(tmp, "w", **profile) as dst:
         dst.descriptions = bands
         for (i, j), window in _windows((h, w)):
             rng = np.random.default_rng(np.random.SeedSequence(acq.seed, spawn_key=(6, i, j)))

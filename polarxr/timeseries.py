@@ -42,6 +42,7 @@ from pyproj import CRS, Proj, Transformer
 from polarxr.classes import CLASS_NAMES, ICE, LAND, WATER
 from polarxr.errors import PolarxrError, SceneError
 from polarxr.io import atomic_path
+from polarxr.outputs import CLASS_MAP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,6 @@ def acquisition_time(class_map: str | Path) -> datetime:
 
 def find_class_maps(out_dir: str | Path) -> list[Path]:
     """The class maps of a ``polarxr process`` / ``predict`` output folder (``*_class.tif``, one level deep or flat)."""
-    from polarxr.pipeline import CLASS_MAP_SUFFIX
 
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -328,7 +328,6 @@ def build_timeseries(
 
 
 def _scene_name(class_map: Path) -> str:
-    from polarxr.pipeline import CLASS_MAP_SUFFIX
 
     return class_map.name.removesuffix(CLASS_MAP_SUFFIX).removesuffix(".tif")
 

@@ -302,7 +302,7 @@ def test_process_inbox_ingests_products_once_keyed_by_product(tmp_path, grd):
     from polarxr.cluster import get_client
     from polarxr.models import build_model
     from polarxr.pipeline import find_scenes, process_inbox
-    from polarxr.train import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
+    from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

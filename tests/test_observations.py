@@ -21,7 +21,6 @@ from scipy import ndimage
 from shapely.geometry import LineString, box
 
 from polarxr.errors import PolarxrError, SceneError
-from polarxr.io import write_cog
 from polarxr.observations.boundaries import (ObservationError, extract_boundaries, read_lines, write_lines)
 from polarxr.observations.distance import boundary_errors, mean_distance_error
 from polarxr.observations.fronts import front_positions, ice_edge_positions

@@ -21,7 +21,7 @@ from polarxr.errors import ModelError, SceneError
 from polarxr.models import build_model
 from polarxr.predict import normalise, predict_scene, probabilities, segment_array
 from polarxr.scenes import open_scene
-from polarxr.train import load_checkpoint, make_checkpoint, save_checkpoint
+from polarxr.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 
 BANDS = ["HH", "HV", "HH-HV"]
 NORM = {"mean": [128.0] * 3, "std": [60.0] * 3}
@@ -142,20 +142,29 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the workers' parts are gone too
 
 
-def test_unreadable_blocks_name_the_scene_and_leave_nothing(files, client, tmp_path):
-    """A scene with a corrupt tile fails with the file named and leaves no output."""
-    scene_path, _, checkpoint, _ = files
+def test_unreadable_blocks_name_the_scene_and_leave_nothing(client, tmp_path):
+    """A scene with a corrupt full-resolution tile fails with the file and the block named and leaves no
+    output. The file has overviews, so the pre-flight check (a decimated read, served from them) passes
+    and the failure happens where it is meant to be tested: in a block on a worker, mid-run."""
+    checkpoint = make_random_checkpoint(tmp_path / "unet.pt")
+    source = write_scene(tmp_path / "source.tif", shape=(1100, 1100), tile=64, nodata_margin=30)
+    with rasterio.open(source, "r+") as dst:
+        dst.build_overviews([2, 4, 8], rasterio.enums.Resampling.nearest)
     broken = tmp_path / PRODUCT
-    rasterio.shutil.copy(scene_path, broken, driver="GTiff", TILED="YES", BLOCKXSIZE=64, BLOCKYSIZE=64,
-                         COMPRESS="DEFLATE")
+    rasterio.shutil.copy(source, broken, driver="GTiff", TILED="YES", BLOCKXSIZE=64, BLOCKYSIZE=64,
+                         COMPRESS="DEFLATE", COPY_SRC_OVERVIEWS="YES")
     with rasterio.open(broken) as src:
-        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
-    with open(broken, "r+b") as f:  # garble one compressed tile: the header opens, that tile cannot
+        offset = int(src.get_tag_item("BLOCK_OFFSET_12_12", "TIFF", bidx=1))
+    with open(broken, "r+b") as f:  # garble one full-resolution tile: the header opens, that tile cannot
         f.seek(offset)
         f.write(b"\xff" * 64)
+    from polarxr.scenes import ensure_not_empty, open_scene as open_
+
+    ensure_not_empty(open_(broken))  # the pre-flight check does not see it
     out = tmp_path / "out"
-    with pytest.raises(SceneError, match="is corrupt|segmentation failed") as err:
-        predict_scene(broken, checkpoint, out / "pred.tif", probabilities=out / "prob.zarr", chunk=64, client=client)
+    with pytest.raises(SceneError, match=r"segmentation failed in rows \d+-\d+, columns \d+-\d+: .*Read failed") as err:
+        predict_scene(broken, checkpoint, out / "pred.tif", probabilities=out / "prob.zarr", chunk=512, tile=256,
+                      client=client)
     assert str(broken) in str(err.value)
     assert not out.exists() or not any(out.iterdir())
 
