@@ -25,7 +25,7 @@ def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int 
     import torch
 
     from polarxr.models import build_model
-    from polarxr.train import make_checkpoint, save_checkpoint
+    from polarxr.checkpoints import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     net = build_model({"name": "unet", "in_channels": len(bands), "n_classes": 3, "width": width, "depth": depth,

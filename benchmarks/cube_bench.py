@@ -2,6 +2,8 @@
 
     python benchmarks/cube_bench.py                        # 4096 x 4096 scene, 64 px patches, 1 and 2 workers
     python benchmarks/cube_bench.py --size 2048 --samples-per-label 100 --workers 1,2,4
+    python benchmarks/cube_bench.py --full-size            # 15564 x 15218, random 100 and 200 per label, grid
+    python benchmarks/cube_bench.py --storage --size 2048  # storage layouts: patches per chunk x compressor
 
 Both methods work on the same synthetic scene and chart, with the same patch size and sampler:
 
@@ -93,6 +95,57 @@ def cube_build(scene_path: Path, chart_path: Path, cube: Path, size: int, mode: 
     return result.patches
 
 
+def storage_sweep(scene_path: Path, workdir: Path, size: int, n_patches: int, console: Console) -> None:
+    """Cube storage layouts: patches per inner chunk x compressor; write rate, size, random batch reads.
+
+    Patches are real windows of the synthetic scene (image, 3 bands uint8) and its label-like first band;
+    each layout writes the same ``n_patches`` into a sharded Zarr v3 array (256 patches per shard) and then
+    reads 50 batches of 28 random patches one patch at a time, as the training DataLoader does.
+    """
+    import os
+
+    import rasterio
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    with rasterio.open(scene_path) as src:
+        pixels = src.read()
+    bands, height, width = pixels.shape
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, height - size, n_patches)
+    cols = rng.integers(0, width - size, n_patches)
+    patches = np.stack([pixels[:, r:r + size, c:c + size] for r, c in zip(rows, cols)])
+    table = Table(title=f"cube storage: {n_patches} patches of {bands} x {size} x {size} uint8, shards of 256 "
+                        f"patches, loadavg {os.getloadavg()[0]:.1f}")
+    for column in ("patches / chunk", "compressor", "write patches / s", "MiB", "vs raw", "batch of 28 ms"):
+        table.add_column(column, justify="right")
+    raw = patches.nbytes
+    for per_chunk in (1, 8, 16, 32, 64):
+        for name, codec in (("zstd-5 bitshuffle", BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")),
+                            ("zstd-1 bitshuffle", BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")),
+                            ("zstd-3 bitshuffle", BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")),
+                            ("lz4 bitshuffle", BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"))):
+            if per_chunk == 1 and name.startswith("zstd-") and not name.startswith("zstd-5"):
+                continue
+            store = workdir / f"layout-{per_chunk}-{name.split()[0]}.zarr"
+            array = zarr.create_array(store, shape=patches.shape, dtype="uint8", chunks=(per_chunk, bands, size, size),
+                                      shards=(256, bands, size, size), compressors=codec, overwrite=True)
+            started = time.perf_counter()
+            for lo in range(0, n_patches, 256):
+                array[lo:lo + 256] = patches[lo:lo + 256]
+            write_s = time.perf_counter() - started
+            mib = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20
+            reader = zarr.open_array(store, mode="r")
+            started = time.perf_counter()
+            for _ in range(50):
+                for k in rng.integers(0, n_patches, 28):
+                    reader[int(k)]
+            batch_ms = (time.perf_counter() - started) / 50 * 1000
+            table.add_row(str(per_chunk), name, f"{n_patches / write_s:,.0f}", f"{mib:.1f}",
+                          f"{mib * 2**20 / raw:.2f}", f"{batch_ms:.1f}")
+    console.print(table)
+
+
 def timed(func, *args) -> tuple[int, float]:
     started = time.perf_counter()
     n = func(*args)
@@ -101,51 +154,68 @@ def timed(func, *args) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=4096, help="edge (px) of the synthetic scene")
+    parser.add_argument("--size", type=int, nargs="+", default=[4096], metavar="ROWS [COLS]",
+                        help="rows (and columns) of the synthetic scene")
+    parser.add_argument("--full-size", action="store_true",
+                        help="a 15564 x 15218 scene at the seed's defaults: random 100 and 200 per label, grid "
+                             "stride 64, chunk 2048")
     parser.add_argument("--patch-size", type=int, default=64)
-    parser.add_argument("--samples-per-label", type=int, default=200, help="random mode quota per class")
+    parser.add_argument("--samples-per-label", default="200", help="random mode quotas per class, e.g. 100,200")
     parser.add_argument("--max-tries", type=int, default=200_000, help="the seed's random-mode timeout")
     parser.add_argument("--chunk", type=int, default=1024, help="chunk edge (px) of the cube build")
     parser.add_argument("--workers", default="1,2", help="worker counts of the LocalCluster runs")
     parser.add_argument("--modes", default="random,grid")
     parser.add_argument("--scene-seed", type=int, default=5, help="seed of the synthetic scene")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--storage", action="store_true", help="only the storage layout sweep")
+    parser.add_argument("--storage-patches", type=int, default=4096)
     args = parser.parse_args()
+    if args.full_size:
+        args.size, args.samples_per_label, args.chunk, args.modes = [15564, 15218], "100,200", 2048, "random,grid"
+
+    import os
 
     from polarxr.cluster import get_client
     from polarxr.synthetic import make_scene
 
     console = Console()
+    rows_cols = (args.size[0], args.size[-1])
+    shape = f"{rows_cols[0]} x {rows_cols[1]}"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="polarxr-cube-bench-"))
     started = time.perf_counter()
-    made = make_scene(workdir / "scene", seed=args.scene_seed, size=(args.size, args.size))
-    console.print(f"synthetic {args.size} x {args.size} scene written in {time.perf_counter() - started:.1f} s")
-    modes = args.modes.split(",")
+    made = make_scene(workdir / "scene", seed=args.scene_seed, size=rows_cols)
+    console.print(f"synthetic {shape} scene written in {time.perf_counter() - started:.1f} s")
+    if args.storage:
+        storage_sweep(made.scene, workdir, args.patch_size, args.storage_patches, console)
+        return
+    runs = [(mode, int(q)) for mode in args.modes.split(",")
+            for q in (args.samples_per_label.split(",") if mode == "random" else ["0"])]
     workers = [int(w) for w in args.workers.split(",")]
-    rows: dict[str, list] = {mode: [] for mode in modes}
-    for mode in modes:
-        n, seconds = timed(seed_sampler, made.scene, made.chart, workdir / f"seed-{mode}", args.patch_size, mode,
-                           args.samples_per_label, args.max_tries)
-        rows[mode].append(("seed: PNG per patch, point-in-polygon", "1 process", n, seconds))
+    rows: dict[tuple, list] = {run: [] for run in runs}
+    for mode, quota in runs:
+        n, seconds = timed(seed_sampler, made.scene, made.chart, workdir / f"seed-{mode}-{quota}", args.patch_size,
+                           mode, quota, args.max_tries)
+        rows[mode, quota].append(("seed: PNG per patch, point-in-polygon", "1 process", n, seconds))
     for n_workers in workers:
         with get_client(n_workers=n_workers, threads_per_worker=1):
-            for mode in modes:
-                cube = workdir / f"cube-{mode}-{n_workers}.zarr"
-                n, seconds = timed(cube_build, made.scene, made.chart, cube, args.patch_size, mode,
-                                   args.samples_per_label, args.chunk)
-                rows[mode].append(("polarxr: Zarr cube, map_blocks", f"{n_workers} worker(s)", n, seconds))
-    for mode in modes:
-        table = Table(title=f"{mode} sampler, {args.patch_size} px patches, {args.size} x {args.size} scene"
-                            + (f", quota {args.samples_per_label} per class" if mode == "random" else ""))
+            for mode, quota in runs:
+                cube = workdir / f"cube-{mode}-{quota}-{n_workers}.zarr"
+                n, seconds = timed(cube_build, made.scene, made.chart, cube, args.patch_size, mode, quota, args.chunk)
+                rows[mode, quota].append(("polarxr: Zarr cube, map_blocks", f"{n_workers} worker(s)", n, seconds))
+    for mode, quota in runs:
+        table = Table(title=f"{mode} sampler, {args.patch_size} px patches, {shape} scene"
+                            + (f", quota {quota} per class" if mode == "random" else f", stride {args.patch_size}")
+                            + f", chunk {args.chunk}")
         for column in ("method", "compute", "patches", "seconds", "patches / s", "vs seed", "vs 1 worker"):
             table.add_column(column, justify="left" if column in ("method", "compute") else "right")
-        seed_rate = rows[mode][0][2] / rows[mode][0][3]
-        one_worker = next((r[2] / r[3] for r in rows[mode][1:] if r[1].startswith("1 ")), None)
-        for method, compute, n, seconds in rows[mode]:
+        seed_rate = rows[mode, quota][0][2] / rows[mode, quota][0][3]
+        one_worker = next((r[2] / r[3] for r in rows[mode, quota][1:] if r[1].startswith("1 ")), None)
+        for method, compute, n, seconds in rows[mode, quota]:
             rate = n / seconds
             scaling = f"{rate / one_worker:.2f}x" if one_worker and method.startswith("polarxr") else ""
             table.add_row(method, compute, str(n), f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / seed_rate:.1f}x", scaling)
         console.print(table)
+    console.print(f"loadavg (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())} (a shared machine)")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

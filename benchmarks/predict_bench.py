@@ -6,7 +6,9 @@
 
 For each worker count it prints megapixels per second of the seamless run, of a run without halo (the
 overlap overhead), the efficiency against an ideal single-process whole-tile run measured in this process
-(``Mpx/s / (workers x ideal Mpx/s)``), and the peak resident memory of each worker. Throughput does not
+(``Mpx/s / (workers x ideal Mpx/s)``), the CPU seconds of the client beside those of the workers, and the
+peak resident memory of each worker. Both runs are timed warm (a small scene is segmented first in both modes);
+outputs (class COG and probability Zarr, written by the workers) of two different worker counts are compared. Throughput does not
 depend on the weights, so the model is the demo's U-Net (width 16, depth 3, pool 4) with seeded random weights
 unless ``--checkpoint`` is given.
 """
@@ -23,7 +25,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import FULL_SIZE, random_checkpoint, worker_peak_mib
+from common import FULL_SIZE, random_checkpoint, reset_worker_peaks, worker_cpu_seconds, worker_peak_mib
+
+
+def client_cpu_seconds() -> float:
+    """CPU seconds of this (the client's) process so far; local workers are other processes."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repeats: int = 3) -> float:
@@ -31,7 +41,7 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
     import rasterio
 
     from polarxr.predict import normalise, segment_array
-    from polarxr.train import load_checkpoint
+    from polarxr.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device=device)
     with rasterio.open(scene_path) as src:
@@ -50,13 +60,17 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
     return repeats * tile * tile / (time.perf_counter() - started) / 1e6
 
 
-def run(scene: Path, checkpoint: Path, out: Path, client, chunk: int, tile: int, batch: int, seamless: bool) -> float:
+def run(scene: Path, checkpoint: Path, out: Path, client, chunk: int, tile: int, batch: int, seamless: bool
+        ) -> tuple[float, float, float]:
+    """Wall seconds, client CPU seconds and workers' CPU seconds of one ``predict_scene`` (COG + Zarr)."""
     from polarxr.predict import predict_scene
 
+    cpu_client, cpu_workers = client_cpu_seconds(), worker_cpu_seconds(client)
     started = time.perf_counter()
-    predict_scene(scene, checkpoint, out, client=client, chunk=chunk, tile=tile, batch_size=batch,
-                  seamless=seamless)
-    return time.perf_counter() - started
+    predict_scene(scene, checkpoint, out, probabilities=out.with_suffix(".zarr"), client=client, chunk=chunk,
+                  tile=tile, batch_size=batch, seamless=seamless)
+    return (time.perf_counter() - started, client_cpu_seconds() - cpu_client,
+            worker_cpu_seconds(client) - cpu_workers)
 
 
 def main() -> None:
@@ -102,32 +116,54 @@ def main() -> None:
     table = Table(title=f"Blockwise inference of a {opened.sizes['y']} x {opened.sizes['x']} scene "
                         f"({megapixels:.0f} Mpx), chunk {args.chunk}, {device_name}")
     for column in ("workers", "seamless Mpx/s", "no-halo Mpx/s", "overlap overhead", "efficiency vs ideal",
-                   "peak RSS per worker"):
+                   "client CPU s", "workers CPU s", "client / workers", "peak RSS per worker"):
         table.add_column(column, justify="right")
+    # warm-up scene: two chunks square, so that every worker loads the model and GDAL before timing
+    from polarxr.synthetic import make_scene
+
+    warm = make_scene(workdir / "warm", seed=99, size=(2 * args.chunk, 2 * args.chunk)).scene
     for n in args.workers:
         with get_client(cluster=args.cluster, n_workers=n, threads_per_worker=args.threads) as client:
-            seconds = run(scene, checkpoint, workdir / f"pred_{n}.tif", client, args.chunk, args.tile,
-                          args.batch_size, seamless=True)
+            modes = [True] if args.no_baseline else [True, False]
+            for seamless in modes:  # both runs are timed warm
+                run(warm, checkpoint, workdir / f"warm_{n}_{seamless}.tif", client, args.chunk, args.tile,
+                    args.batch_size, seamless)
+            reset_worker_peaks(client)
+            seconds, cpu_client, cpu_workers = run(scene, checkpoint, workdir / f"pred_{n}.tif", client, args.chunk,
+                                                   args.tile, args.batch_size, seamless=True)
             peaks = worker_peak_mib(client)
             baseline = None if args.no_baseline else run(scene, checkpoint, workdir / f"nohalo_{n}.tif", client,
-                                                         args.chunk, args.tile, args.batch_size, seamless=False)
+                                                         args.chunk, args.tile, args.batch_size, seamless=False)[0]
         rate = megapixels / seconds
         table.add_row(
             str(n), f"{rate:.2f}",
             "-" if baseline is None else f"{megapixels / baseline:.2f}",
             "-" if baseline is None else f"{(seconds / baseline - 1) * 100:+.0f}%",
             f"{rate / (n * ideal) * 100:.0f}%",
+            f"{cpu_client:.1f}", f"{cpu_workers:.1f}", f"{cpu_client / max(cpu_workers, 1e-9) * 100:.1f}%",
             ", ".join(f"{p:,.0f} MiB" for p in peaks),
         )
+    import os
+
     console.print(table)
+    console.print(f"loadavg (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
+                  f"(a shared machine: compare ratios within this run)")
     console.print(f"ideal single-process whole-tile run ({args.chunk} x {args.chunk}, in memory, no halo): "
                   f"{ideal:.2f} Mpx/s on {device}")
-    first = workdir / f"pred_{args.workers[0]}.tif"
+    counts = sorted(set(args.workers))
+    if len(counts) < 2:
+        console.print("identical across worker counts: not checked (give two different --workers counts)")
+        return
     import rasterio
+    import zarr
 
-    with rasterio.open(first) as a, rasterio.open(workdir / f"pred_{args.workers[-1]}.tif") as b:
+    with rasterio.open(workdir / f"pred_{counts[0]}.tif") as a, rasterio.open(workdir / f"pred_{counts[-1]}.tif") as b:
         same = all(np.array_equal(a.read(1, window=w), b.read(1, window=w)) for _, w in a.block_windows(1))
-    console.print(f"class maps of {args.workers[0]} and {args.workers[-1]} workers identical: {same}")
+    pa = zarr.open_array(workdir / f"pred_{counts[0]}.zarr" / "probability", mode="r")
+    pb = zarr.open_array(workdir / f"pred_{counts[-1]}.zarr" / "probability", mode="r")
+    step = pa.chunks[1]
+    same_p = all(np.array_equal(pa[:, y:y + step], pb[:, y:y + step]) for y in range(0, pa.shape[1], step))
+    console.print(f"{counts[0]} vs {counts[-1]} workers: class maps identical: {same}; probabilities identical: {same_p}")
 
 
 if __name__ == "__main__":

@@ -292,7 +292,7 @@ def cpu_model() -> str:
 
 
 def describe_model(checkpoint: Path, random: bool) -> str:
-    from polarxr.train import load_checkpoint
+    from polarxr.checkpoints import load_checkpoint
 
     _, meta = load_checkpoint(checkpoint)
     config = dict(meta["model_config"])

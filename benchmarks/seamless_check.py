@@ -31,7 +31,7 @@ def main() -> None:
     from polarxr.predict import normalise, probabilities, segment_array
     from polarxr.scenes import open_scene
     from polarxr.synthetic import make_scene
-    from polarxr.train import load_checkpoint
+    from polarxr.checkpoints import load_checkpoint
 
     workdir = Path(tempfile.mkdtemp(prefix="polarxr-seamless-"))
     scene_path = make_scene(workdir, seed=5, size=tuple(args.size)).scene

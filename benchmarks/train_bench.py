@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polarxr.classes import CLASS_NAMES
-from polarxr.evaluate import evaluate_prediction, metrics_from_confusion
+from polarxr.evaluate import BOUNDARY_KEYS, evaluate_prediction, metrics_from_confusion
 from polarxr.io import atomic_path
 
 #: The acceptance bar of the issue: held-out mean IoU of the U-Net, and by how much it must beat the baseline's
@@ -164,26 +164,37 @@ def predict_and_score(checkpoint: Path, test_pairs: list[tuple[Path, Path]], out
     seconds = time.perf_counter() - started
     per_scene = {r.scene.stem: evaluate_prediction(r.class_map, chart) for r, (_, chart) in zip(results, test_pairs)}
     total = sum(np.asarray(m["confusion_matrix"], dtype=np.int64) for m in per_scene.values())
-    return metrics_from_confusion(total), per_scene, seconds
+    metrics = metrics_from_confusion(total)
+    for key in BOUNDARY_KEYS:  # boundary errors in metres: the mean over the held-out scenes
+        values = [m[key] for m in per_scene.values() if m.get(key) == m.get(key)]
+        metrics[key] = float(np.mean(values)) if values else float("nan")
+    return metrics, per_scene, seconds
 
 
 # ---------------------------------------------------------------------------------------------- tables
 def summary_rows(specs: list[ModelSpec], scores: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the main table: one row per model, then the U-Net against the patch classifier."""
     names = list(CLASS_NAMES.values())
-    header = ["model", *(f"IoU {n}" for n in names), "mean IoU", "overall accuracy", "training s",
-              "inference Mpx/s"]
+    header = ["model", *(f"IoU {n}" for n in names), "mean IoU", "overall accuracy", "coastline MDE m",
+              "ice-edge MDE m", "training s", "inference Mpx/s"]
+
+    def metres(m: dict, key: str) -> float:
+        return m.get(key, float("nan"))
+
     rows = []
     for spec in specs:
         s = scores[spec.key]
         m = s["metrics"]
         rows.append([spec.title, *(f"{m['per_class'][n]['iou']:.3f}" for n in names), f"{m['mean_iou']:.3f}",
-                     f"{m['overall_accuracy']:.3f}", f"{s['train_s']:.0f}", f"{s['mpx_s']:.2f}"])
+                     f"{m['overall_accuracy']:.3f}", f"{metres(m, 'coastline_mde_m'):.0f}",
+                     f"{metres(m, 'ice_edge_mde_m'):.0f}", f"{s['train_s']:.0f}", f"{s['mpx_s']:.2f}"])
     a, b = scores[specs[0].key], scores[specs[1].key]
     ma, mb = a["metrics"], b["metrics"]
     rows.append([f"{specs[0].title} vs {specs[1].title}",
                  *(f"{ma['per_class'][n]['iou'] - mb['per_class'][n]['iou']:+.3f}" for n in names),
                  f"{ma['mean_iou'] - mb['mean_iou']:+.3f}", f"{ma['overall_accuracy'] - mb['overall_accuracy']:+.3f}",
+                 f"{metres(ma, 'coastline_mde_m') - metres(mb, 'coastline_mde_m'):+.0f}",
+                 f"{metres(ma, 'ice_edge_mde_m') - metres(mb, 'ice_edge_mde_m'):+.0f}",
                  f"{a['train_s'] / b['train_s']:.2f}x", f"{a['mpx_s'] / b['mpx_s']:.2f}x"])
     return header, rows
 
@@ -245,7 +256,7 @@ def main() -> None:
         parser.error("--test-seed must differ from --seed: the held-out scenes must not be training scenes")
 
     from polarxr.cluster import get_client
-    from polarxr.cube import PatchDataset
+    from polarxr.datasets import PatchDataset
     from polarxr.train import resolve_device
 
     console = Console(width=None if sys.stdout.isatty() else 200)

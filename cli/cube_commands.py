@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from polarxr.cli.app import app
-from polarxr.cli.options import (ClassMapOption, ClusterKind, ClusterOption, SchedulerOption, TlsDirOption,
-                                 WorkersOption, client_from_options)
+from polarxr.cli.options import (BandsOption, ClassMapOption, ClusterKind, ClusterOption, SchedulerOption,
+                                 TlsDirOption, WorkersOption, band_names, client_from_options)
 
 console = Console()
 SPLIT_PANEL = "Split by scene"
@@ -101,8 +101,9 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 @app.command()
 def sample(
-    scenes_dir: Annotated[Path, typer.Argument(help="Folder of scene GeoTIFFs (Sentinel-1 product names).")],
-    charts_dir: Annotated[Path | None, typer.Argument(
+    scenes_dir: Annotated[str, typer.Argument(help="Folder of scene GeoTIFFs (Sentinel-1 product names); "
+                                                   "a local path or an s3:// prefix, as CHARTS_DIR.")],
+    charts_dir: Annotated[str | None, typer.Argument(
         help="Folder of ice charts seaice_s1_<start>.shp (default: SCENES_DIR).")] = None,
     cube: Annotated[Path, typer.Option("--cube", "-o", help="Zarr training cube to create or append to.")] = Path("cube.zarr"),
     patch_size: Annotated[int, typer.Option("--patch-size", min=1, help="Patch edge in pixels.")] = 64,
@@ -126,6 +127,7 @@ def sample(
     split_fractions: SplitFractionsOption = "0.8,0.2,0",
     split: SplitOption = None,
     class_map: ClassMapOption = None,
+    bands: BandsOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -151,7 +153,8 @@ def sample(
         from polarxr.errors import SceneError
 
         raise SceneError(scenes_dir, "holds no scene GeoTIFFs (*.tif)")
-    plan = plan_cube(catalog, cube, sampler, split_config, overwrite=overwrite, chunks=chunk, class_map=class_map)
+    plan = plan_cube(catalog, cube, sampler, split_config, overwrite=overwrite, chunks=chunk, class_map=class_map,
+                     bands=band_names(bands))
     with client_from_options(cluster, scheduler, workers, tls_dir), make_progress() as progress, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", category=UserWarning)
@@ -162,7 +165,7 @@ def sample(
             if stage in ("done", "skipped"):
                 progress.advance(task)
 
-        results = plan.run(on_progress)
+        results = plan.run(on_progress, on_wait=lambda message: progress.console.print(message))
         progress.update(task, description="scenes")
     _print_warnings(caught)
     _summary(results, cube)

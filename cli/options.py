@@ -104,3 +104,25 @@ def client_from_options(
     with get_client(cluster=str(cluster), scheduler=scheduler, n_workers=workers, tls_dir=tls_dir,
                     on_dashboard=show) as client:
         yield client
+
+
+BandsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bands",
+        metavar="A,B,...",
+        help="Band names of the scenes, in file order (e.g. HH,HV,HH-HV), where the files have no band "
+        "descriptions and their names no polarisation. Default: from the descriptions or the product name.",
+    ),
+]
+
+
+def band_names(value: str | None) -> list[str] | None:
+    """The ``--bands`` value as a list of names (None when not given)."""
+    if value is None:
+        return None
+    names = [b.strip() for b in value.split(",")]
+    if not all(names):
+        raise typer.BadParameter(f"{value!r}: give comma-separated band names such as HH,HV,HH-HV",
+                                 param_hint="--bands")
+    return names

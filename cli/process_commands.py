@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +23,7 @@ from polarxr.discovery.stac_api import DEFAULT_COLLECTION, DEFAULT_PAGE_SIZE, DE
 console = Console()
 
 _STATUS_STYLE = {"done": "green", "failed": "bold red", "up-to-date": "dim", "failed-before": "red",
-                 "busy": "yellow"}
+                 "busy": "yellow", "retry": "yellow", "waiting": "yellow"}
 
 
 def _terminate(signum, frame) -> None:
@@ -69,11 +68,13 @@ def _print_report(report, quiet_when_idle: bool = False) -> None:
 
 @app.command()
 def process(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <scene>/ per scene and ledger.sqlite.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model checkpoint (polarxr train).")],
-    inbox: Annotated[Path | None, typer.Argument(
-        help="Folder of scene GeoTIFFs (charts beside them are used for metrics), or a STAC ItemCollection / "
-             "Catalog JSON listing scenes. Not with --stac-api.")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (or s3:// prefix): <scene>/ per scene and "
+                                                         "ledger.sqlite.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (polarxr train); path or s3:// URL.")],
+    inbox: Annotated[str | None, typer.Argument(
+        help="Folder of scene GeoTIFFs or Sentinel-1 GRD products (.SAFE folders, .zip; ingested first; charts "
+             "beside them are used for metrics), or a STAC ItemCollection / Catalog JSON listing scenes; a local "
+             "path or an s3:// prefix. Not with --stac-api.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try scenes that failed before again.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep polling the inbox every --interval.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Polling interval with --watch: 30s, 10m, 1h, 1h30m.")] = "10m",
@@ -83,7 +84,11 @@ def process(
                                                        help="Scenes in flight at once (default: one per worker, >= 2).")] = None,
     region: Annotated[Path | None, typer.Option("--region", help="Region of interest (GeoJSON): scenes missing it fail; "
                                                 "with --stac-api also the search area.")] = None,
-    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk).")] = None,
+    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default OUT/ledger.sqlite; local disk: "
+                                                "required when OUT is on object storage).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Audit every done scene's outputs in full (every file of "
+                                         "every store, every class map opened) and redo those that fail; by "
+                                         "default only their existence and sizes are checked.")] = False,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -121,7 +126,7 @@ def process(
                                  param_hint="INBOX / --stac-api")
     if stac_api is not None:
         inbox = _stac_inbox(stac_api, search_filter(collection, region, bbox, since, mode),
-                            Path(ledger).parent if ledger else out, page_size, timeout)
+                            Path(ledger).parent if ledger else Path(out), page_size, timeout)
     else:
         for name, value in (("--bbox", bbox), ("--since", since), ("--mode", mode)):
             if value is not None:
@@ -132,7 +137,7 @@ def process(
         return client_from_options(cluster, scheduler, workers, tls_dir, console=console)
 
     options = dict(retry_failed=retry_failed, chunk=chunk, max_concurrent=max_concurrent, region=region,
-                   ledger_path=ledger, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
+                   ledger_path=ledger, verify=verify, on_scene=lambda o: console.print(_outcome_line(o), highlight=False))
     if watch:
         console.print(f"watching [bold]{escape(stac_api or str(inbox))}[/] every {interval_s:g} s (Ctrl-C to stop)")
         watch_inbox(inbox, out, checkpoint, interval_s, max_cycles=max_cycles, client=client,
@@ -172,30 +177,49 @@ def timeseries(
     png: Annotated[Path | None, typer.Option("--png", help="Plot path (default alongside the CSV).")] = None,
     map_plane: Annotated[bool, typer.Option("--map-plane", help="Areas in the map plane instead of on the WGS84 ellipsoid.")] = False,
     chunk: Annotated[int | None, typer.Option("--chunk", min=64, help="Block edge in px (default ~2048).")] = None,
+    fronts: Annotated[Path | None, typer.Option(
+        "--fronts", help="Glacier boxes (GeoJSON polygons with id): front positions by the box method.")] = None,
+    transects: Annotated[Path | None, typer.Option(
+        "--transects", help="Transects (GeoJSON lines from the coast seaward, with id): ice-edge positions.")] = None,
+    truth: Annotated[Path | None, typer.Option(
+        "--truth", help="truth.csv of `polarxr synth`: drawn as dashed lines in the plot.")] = None,
 ) -> None:
-    """Areas (km²) of sea, ice and land and land/sea, ice/sea boundary lengths (km) per acquisition.
+    """Areas (km²) of sea, ice and land, boundary lengths (km), iceberg counts, and front and ice-edge
+    positions (m, with --fronts / --transects) per acquisition.
 
     Written as CSV and Parquet and plotted as a PNG time series; computed blockwise from the class COGs.
     """
     from polarxr.progress import dask_progress
-    from polarxr.timeseries import build_timeseries, plot_timeseries
+    from polarxr.timeseries import build_timeseries, plot_timeseries, read_truth
 
     stem = f"timeseries_{region.stem}" if region else "timeseries"
     csv = csv or out_dir / f"{stem}.csv"
     parquet = parquet or csv.with_suffix(".parquet")
     png = png or csv.with_suffix(".png")
+    truth_table = read_truth(truth) if truth else None
     with dask_progress("class areas and boundaries"):
         frame = build_timeseries(out_dir, region=region, csv=csv, parquet=parquet, ellipsoidal=not map_plane,
-                                 chunk=chunk)
+                                 chunk=chunk, fronts=fronts, transects=transects)
     title = f"Sea, ice and land{f' in {region.stem}' if region else ''}: {len(frame)} acquisitions"
-    plot_timeseries(frame, png, title=title)
+    plot_timeseries(frame, png, title=title, truth=truth_table)
+    positions = [c for c in frame.columns if c.startswith(("front_", "ice_edge_"))]
     table = Table(title=title)
     for column in ("time (UTC)", "land km²", "sea km²", "ice km²", "ice fraction", "land/sea km", "ice/sea km", "note"):
         table.add_column(column, justify="left" if column in ("time (UTC)", "note") else "right", overflow="fold")
+    observed = Table(title="Observations: icebergs (count), fronts and ice edges (m)")
+    for column in ("time (UTC)", "icebergs", ">= 4 px", *(c.removesuffix("_m") for c in positions)):
+        observed.add_column(column, justify="left" if column == "time (UTC)" else "right", overflow="fold")
+
+    def number(value, digits: int = 1) -> str:
+        return "-" if value is None or value != value else f"{value:.{digits}f}"
+
     for time, row in frame.iterrows():
-        fraction = "-" if np.isnan(row["ice_fraction"]) else f"{row['ice_fraction']:.3f}"
-        table.add_row(f"{time:%Y-%m-%d %H:%M}", *(f"{row[c]:.1f}" for c in ("land_km2", "sea_km2", "ice_km2")),
-                      fraction, f"{row['land_sea_km']:.1f}", f"{row['ice_sea_km']:.1f}", escape(row["note"]))
+        table.add_row(f"{time:%Y-%m-%d %H:%M}", *(number(row[c]) for c in ("land_km2", "sea_km2", "ice_km2")),
+                      number(row["ice_fraction"], 3), number(row["land_sea_km"]), number(row["ice_sea_km"]),
+                      escape(row["note"]))
+        observed.add_row(f"{time:%Y-%m-%d %H:%M}", number(row.get("icebergs"), 0), number(row.get("icebergs_ge4px"), 0),
+                         *(number(row[c], 0) for c in positions))
     console.print(table)
+    console.print(observed)
     for label, path in (("CSV", csv), ("Parquet", parquet), ("plot", png)):
         console.print(f"{label}: [bold]{escape(str(path))}[/]")

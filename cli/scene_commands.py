@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from polarxr.cli.app import app
-from polarxr.cli.options import ClassMapOption
+from polarxr.cli.options import (ClassMapOption, ClusterKind, ClusterOption, SchedulerOption, TlsDirOption,
+                                 WorkersOption, client_from_options)
 
 console = Console()
 
@@ -44,18 +45,30 @@ def rasterize(
     chunk: int = typer.Option(None, help="Chunk edge in pixels (default: multiples of the file's tiles near 2048)."),
     quicklook: Path = typer.Option(None, help="Also write a PNG of the scene with the chart overlaid."),
     class_map: ClassMapOption = None,
+    cluster: ClusterOption = ClusterKind.local,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
+    tls_dir: TlsDirOption = None,
 ) -> None:
     """Rasterize an ice chart onto a scene's grid: uint8 labels L=0, W=1, I=2, 255 no label / nodata."""
+    from rasterio.errors import RasterioError
+
+    from polarxr.errors import SceneError
     from polarxr.io import write_cog, write_zarr
     from polarxr.labels import labels_for_scene
     from polarxr.progress import dask_progress
+    from polarxr.scenes import ensure_not_empty
 
     data, labels = labels_for_scene(scene, chart, chunks=chunk, class_map=class_map)
-    with dask_progress(f"rasterizing {chart.name}"):
-        if out.suffix == ".zarr":
-            write_zarr(labels, out)
-        else:
-            write_cog(labels, out, nodata=255)
+    ensure_not_empty(data)  # a file cut short after its header fails here, before anything is written
+    with client_from_options(cluster, scheduler, workers, tls_dir), dask_progress(f"rasterizing {chart.name}"):
+        try:
+            if out.suffix == ".zarr":
+                write_zarr(labels, out)
+            else:
+                write_cog(labels, out, nodata=255)
+        except RasterioError as err:  # a block past the readable part of the file
+            raise SceneError(scene, f"is corrupt: its pixels cannot be read ({str(err).splitlines()[0]})") from None
     console.print(f"labels written to [bold]{out}[/] ({labels.sizes['y']} x {labels.sizes['x']} px)")
     if quicklook:
         from polarxr.quicklook import scene_quicklook

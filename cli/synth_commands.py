@@ -51,11 +51,14 @@ def synth(
 ) -> None:
     """Write synthetic S1 EW scenes (polar stereographic, 40 m) with matching ice charts, and truth.csv.
 
-    truth.csv lists each scene's true land, sea and ice areas (km^2) within the valid swath.
+    truth.csv lists each scene's true land, sea and ice areas (km^2) within the valid swath. With
+    --sequence, glaciers in fjords advance and retreat and calve icebergs: truth.csv adds their true front
+    positions (front_<id>_m, box method) and iceberg counts, and glacier_boxes.geojson / glaciers.geojson
+    hold the boxes and fjord regions (for `polarxr timeseries --fronts` and `polarxr boundaries --glaciers`).
     """
     from polarxr.io import atomic_path
     from polarxr.progress import make_progress
-    from polarxr.synthetic import make_dataset, make_sequence, truth_table, window_count
+    from polarxr.synthetic import make_dataset, make_sequence, truth_table, window_count, write_glacier_files
 
     maker = make_sequence if sequence else make_dataset
     with make_progress() as progress:
@@ -66,6 +69,7 @@ def synth(
     table = truth_table(made)
     with atomic_path(outdir / "truth.csv") as tmp:
         table.to_csv(tmp, index=False)
+    glacier_files = write_glacier_files(made, outdir) if sequence else None
     view = Table(title=f"{len(made)} synthetic scene(s) in {outdir}")
     for column in ("scene", "start", "ice extent", "land km²", "sea km²", "ice km²"):
         view.add_column(column, justify="left" if column == "scene" else "right")
@@ -79,3 +83,5 @@ def synth(
         for scene in made:
             scene_quicklook(scene.scene, scene.scene.with_suffix(".png"), chart=scene.chart)
     console.print(f"charts: seaice_s1_<time>.shp beside each scene; truth: [bold]{outdir / 'truth.csv'}[/]")
+    if glacier_files:
+        console.print(f"glacier boxes: [bold]{glacier_files[0]}[/]; glacier regions: [bold]{glacier_files[1]}[/]")

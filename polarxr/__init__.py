@@ -1,12 +1,6 @@
 """polarxr: segment Sentinel-1 EW SAR scenes into sea, ice and land with xarray, dask and torch."""
 
-import os
 from importlib.metadata import PackageNotFoundError, version
-
-# GDAL's block cache defaults to 5 % of the machine's memory per process and holds written blocks until
-# it is full, so peak memory would grow with the scene rather than with the chunks. polarxr caps it
-# (MB) unless the user chose a size; it must be set before GDAL first allocates its cache.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
 
 try:
     __version__ = version("polarxr")

@@ -120,8 +120,19 @@ def get_client(
             stack.enter_context(local)
             client = Client(local, security=security)
         stack.enter_context(client)
+        _cap_gdal_cache(client)
         _announce(client, on_dashboard)
         yield client
+
+
+def _cap_gdal_cache(client: Client) -> None:
+    """Register :class:`~polarxr.gdalcache.GdalCachePlugin` on every worker, present and joining."""
+    from polarxr.gdalcache import GdalCachePlugin
+
+    try:
+        client.register_plugin(GdalCachePlugin())
+    except (OSError, TimeoutError) as err:  # a scheduler going away: the run itself will say so
+        log.warning("could not cap GDAL's cache on the workers: %s", err)
 
 
 def _connect(address: str, security: Security | None, timeout: float) -> Client:

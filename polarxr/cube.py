@@ -10,7 +10,8 @@ Layout (one Zarr v3 group; ``P`` = patch size, ``n`` = patches)::
     x, y        (patch,)             float64 map coordinates of the patch centre, in attrs["crs"] (metres)
     split       (patch,)             uint8 code of attrs["split_codes"] (train 0, val 1, test 2)
 
-Group attributes: ``crs`` (WKT), ``patch_size``, ``band_names``, ``dtype``, ``nodata``, ``sampler`` and
+Group attributes: ``crs`` (WKT), ``patch_size``, ``band_names``, ``dtype``, ``nodata``, ``units``,
+``polarisation`` and ``scaling`` (what the values mean, :mod:`polarxr.radiometry`), ``sampler`` and
 ``sampler_params`` (of the build that created the cube; each scene record keeps its own), ``scenes``
 (names), ``splits`` (scene -> split), ``split_codes``, ``class_counts`` (dense label pixels per class code
 in the train patches, for class weighting), ``patch_counts`` (split -> class code -> patches, by
@@ -18,14 +19,16 @@ in the train patches, for class weighting), ``patch_counts`` (split -> class cod
 ``n_patches`` (committed patches), ``scene_records`` (per scene: source, chart, first patch, count, split,
 sampler, draw summary, statistics), ``version`` and ``format``.
 
-Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches, each patch its own
-inner chunk ``(1, band, P, P)``. A DataLoader reading random patches decompresses just those patches (the
-shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
+Storage: ``image`` and ``label`` are **sharded**: one shard file holds 256 patches in inner chunks of 8
+patches ``(8, band, P, P)``. A DataLoader reading random patches decompresses just the chunks holding them
+(the shard index gives their byte ranges), while the store holds one file per 256 patches and array instead
 of one per patch; plain chunks of 256 patches would decompress 256 patches for each one read (about 6x
-slower random reads measured on 64 px 8-bit patches), while sharding costs about 0.5 ms per patch more
-when writing. Compression: Blosc zstd level 5 with bit-shuffle (speckled backscatter compresses best
-bit-plane-wise: about 0.66 of the raw size on synthetic 8-bit scenes, a little better than LZ4; labels
-are long runs). The per-patch vectors are chunks of 65536.
+slower random reads measured on 64 px 8-bit patches). Compression: Blosc LZ4 with bit-shuffle (speckled
+backscatter compresses best bit-plane-wise: 0.68 of the raw size on synthetic 8-bit scenes; labels are
+long runs). Measured (``benchmarks/cube_bench.py --storage``, ``benchmarks/results/writing_cpu.md``): 8
+patches per chunk with LZ4 write 6.9x faster than one patch per chunk with zstd-5 and read random batches
+of 28 patches as fast; zstd-1/3 save 1-2 % of space for a 1.5x slower write. The per-patch vectors are
+chunks of 65536.
 
 Building: for each scene, patches are chosen (:mod:`polarxr.samplers`) and cut (:mod:`polarxr.patches`)
 chunk-wise on the active dask scheduler (a ``distributed`` client when one is set up: workers write
@@ -38,7 +41,13 @@ the group's ``zarr.json`` (``n_patches`` and ``scene_records``). Readers use onl
 patches; a writer first truncates anything beyond them (the remains of an interrupted run). So a build
 killed at any moment leaves a cube that opens with only complete scenes, and re-running it appends the
 rest, giving the same cube as an uninterrupted build. A scene already in the cube (by name) is skipped,
-or with ``overwrite=True`` removed and appended again. One writer at a time per cube.
+or with ``overwrite=True`` removed and appended again.
+
+One writer at a time: a writer holds the cube's lock (:func:`writer_lock`, a ``filelock`` beside the
+cube named ``.<cube>.lock``) for its whole lifetime; a second writer waits for it, with a message, then
+re-reads what was committed meanwhile (so scenes the first one added are skipped, not added twice), and
+every commit re-reads the committed count first. The lock is an OS file lock, released when its process
+dies, so a killed writer never leaves the cube locked.
 
 Split: by scene, never by patch, so that neighbouring patches of one scene are never on both sides.
 Explicit assignments (scene name or part of it -> split) win; other scenes are assigned in the order
@@ -48,9 +57,11 @@ val, test), which never moves a scene that is already in the cube.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +82,8 @@ from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
 FORMAT = "polarxr-training-cube/1"
 #: patches per shard file of ``image`` and ``label``
 SHARD = 256
+#: patches per inner (compressed) chunk of a shard: what one random read decompresses
+CHUNK_PATCHES = 8
 #: elements per chunk of the per-patch vectors
 VECTOR_CHUNK = 65536
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -81,45 +94,51 @@ VECTORS: dict[str, tuple[str, float | int]] = {
     "patch_label": ("uint8", NO_LABEL), "scene": ("int32", -1), "row": ("int32", -1), "col": ("int32", -1),
     "x": ("float64", math.nan), "y": ("float64", math.nan), "split": ("uint8", 255),
 }
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
-
-def __getattr__(name: str):
-    # PatchDataset lives in polarxr.datasets (it needs torch); importing it lazily keeps cube building
-    # free of torch's import time and avoids a circular import.
-    if name == "PatchDataset":
-        from polarxr.datasets import PatchDataset
-
-        return PatchDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class CubeLayout:
-    """What every patch of a cube shares: size (px), bands, dtype, nodata value and CRS (WKT or None)."""
+    """What every patch of a cube shares: size (px), bands, dtype, nodata value, CRS (WKT or None), and
+    what the values mean (:mod:`polarxr.radiometry`: units, polarisation, DN scaling; None = unknown)."""
 
     patch_size: int
     band_names: tuple[str, ...]
     dtype: str
     nodata: float | None
     crs: str | None
+    units: str | None = None
+    polarisation: str | None = None
+    scaling: dict | None = None
 
     @classmethod
     def of_scene(cls, scene: xr.DataArray, patch_size: int) -> CubeLayout:
+        from polarxr.radiometry import radiometry
+
         nodata = scene.rio.nodata
+        values = radiometry(scene)
         return cls(patch_size, tuple(str(b) for b in scene.band.values), str(scene.dtype),
                    None if nodata is None or np.isnan(nodata) else float(nodata),
-                   scene.rio.crs.to_wkt() if scene.rio.crs is not None else None)
+                   scene.rio.crs.to_wkt() if scene.rio.crs is not None else None,
+                   values["units"], values["polarisation"], values["scaling"])
 
     @classmethod
     def of_attrs(cls, attrs: dict) -> CubeLayout:
         return cls(int(attrs["patch_size"]), tuple(attrs["band_names"]), str(attrs["dtype"]),
-                   attrs.get("nodata"), attrs.get("crs"))
+                   attrs.get("nodata"), attrs.get("crs"), attrs.get("units"), attrs.get("polarisation"),
+                   attrs.get("scaling"))
 
     def attrs(self) -> dict:
         return {"patch_size": self.patch_size, "band_names": list(self.band_names), "dtype": self.dtype,
-                "nodata": self.nodata, "crs": self.crs}
+                "nodata": self.nodata, "crs": self.crs, "units": self.units, "polarisation": self.polarisation,
+                "scaling": self.scaling}
+
+    def radiometry(self) -> dict:
+        """The :func:`polarxr.radiometry.radiometry` record of the cube's patches."""
+        return {"units": self.units, "dtype": self.dtype, "polarisation": self.polarisation, "scaling": self.scaling}
 
     def check_matches(self, other: CubeLayout, where: object, what: str) -> None:
         """:class:`CubeError` naming ``where`` when ``other`` (of ``what``) cannot share a cube with this."""
@@ -130,6 +149,11 @@ class CubeLayout:
             problems.append(f"bands {list(other.band_names)}, the cube's are {list(self.band_names)}")
         if other.dtype != self.dtype:
             problems.append(f"data type {other.dtype}, the cube's is {self.dtype}")
+        from polarxr.radiometry import FIELDS, differences
+
+        problems += [p.replace("trained on", "the cube's is") for p in differences(
+            {k: v for k, v in self.radiometry().items() if k != "dtype"},
+            {k: v for k, v in other.radiometry().items() if k in FIELDS})]
         if self.crs and other.crs and not CRS.from_wkt(self.crs).equals(CRS.from_wkt(other.crs)):
             problems.append(f"CRS {CRS.from_wkt(other.crs).name!r}, the cube's is {CRS.from_wkt(self.crs).name!r}")
         if problems:
@@ -174,6 +198,32 @@ class SplitConfig:
 
 
 # --------------------------------------------------------------------------------------------- writer
+@contextlib.contextmanager
+def writer_lock(cube_path: str | Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the writer lock of the cube at ``cube_path`` (waiting for another writer to finish first).
+
+    ``on_wait(message)`` is called once when another run holds it (default: a logged warning). Raises
+    :class:`CubeError` when the lock file cannot be created (a read-only folder).
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(cube_path)
+    lock = FileLock(path.with_name(f".{path.name}.lock"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            (on_wait or log.warning)(f"{path}: another polarxr run is writing to this cube; waiting for it to finish")
+            lock.acquire()
+    except OSError as err:
+        raise CubeError(path, f"cannot lock the cube for writing ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def open_cube_group(path: str | Path) -> tuple[zarr.Group, int]:
     """The cube's Zarr group (read-only) and its number of committed patches; :class:`CubeError` if unusable."""
     path = Path(path)
@@ -200,16 +250,28 @@ class CubeWriter:
 
     @classmethod
     def create(cls, path: str | Path, layout: CubeLayout, sampler: str, sampler_params: dict) -> CubeWriter:
-        """A new, empty cube at ``path`` (which must not exist yet)."""
+        """A new, empty cube at ``path`` (which must not exist yet).
+
+        Made under a temporary name and renamed into place complete, so a run killed while creating it
+        leaves no cube without its attributes (which a re-run could not open)."""
+        from polarxr.io import atomic_path
+
         path = Path(path)
-        root = zarr.open_group(path, mode="w-", zarr_format=3)
+        if path.exists():
+            raise CubeError(path, "exists already; a new cube needs a free path")
+        with atomic_path(path) as tmp:
+            cls._initialise(zarr.open_group(tmp, mode="w-", zarr_format=3), layout, sampler, sampler_params)
+        return cls(path, zarr.open_group(path, mode="r+"))
+
+    @staticmethod
+    def _initialise(root: zarr.Group, layout: CubeLayout, sampler: str, sampler_params: dict) -> None:
         size, bands = layout.patch_size, len(layout.band_names)
         fill = layout.nodata if layout.nodata is not None else (math.nan if "float" in layout.dtype else 0)
         root.create_array("image", shape=(0, bands, size, size), dtype=layout.dtype, fill_value=fill,
-                          chunks=(1, bands, size, size), shards=(SHARD, bands, size, size),
+                          chunks=(CHUNK_PATCHES, bands, size, size), shards=(SHARD, bands, size, size),
                           compressors=COMPRESSOR, dimension_names=("patch", "band", "y", "x"))
         root.create_array("label", shape=(0, size, size), dtype="uint8", fill_value=NO_LABEL,
-                          chunks=(1, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
+                          chunks=(CHUNK_PATCHES, size, size), shards=(SHARD, size, size), compressors=COMPRESSOR,
                           dimension_names=("patch", "y", "x"))
         for name, (dtype, vector_fill) in VECTORS.items():
             root.create_array(name, shape=(0,), dtype=dtype, fill_value=vector_fill, chunks=(VECTOR_CHUNK,),
@@ -220,7 +282,6 @@ class CubeWriter:
             "format": FORMAT, **layout.attrs(), "sampler": sampler, "sampler_params": sampler_params,
             "split_codes": SPLIT_CODES, "version": __version__, **summary_attrs([]),
         })
-        return cls(path, root)
 
     @classmethod
     def open(cls, path: str | Path) -> CubeWriter:
@@ -278,8 +339,17 @@ class CubeWriter:
             self.root[name][start:start + len(value)] = value
 
     def commit(self, records: list[dict]) -> None:
-        """Make ``records`` the cube's scenes: one atomic rewrite of the group metadata."""
+        """Make ``records`` the cube's scenes: one atomic rewrite of the group metadata.
+
+        Re-reads the committed count from the store first: :class:`CubeError` if another writer committed
+        since this one opened the cube (which the writer lock prevents among polarxr runs).
+        """
         from polarxr import __version__
+
+        stored = int(zarr.open_group(self.path, mode="r").attrs.get("n_patches", 0))
+        if stored != self.committed:
+            raise CubeError(self.path, f"was changed by another writer meanwhile ({stored} committed patches, "
+                                       f"{self.committed} when this run opened it); nothing was committed, run again")
 
         self.root.update_attributes({**summary_attrs(records), "version": __version__})
 
@@ -324,7 +394,10 @@ ProgressCallback = Callable[[str, str], None]
 def _scene_pairs(scenes: pd.DataFrame | Iterable[tuple[str | Path, str | Path | None]]) -> list[tuple[Path, Path | None]]:
     if isinstance(scenes, pd.DataFrame):
         scenes = zip(scenes["path"], scenes["chart"])
-    pairs = [(Path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else Path(c)) for s, c in scenes]
+    from polarxr.io import as_path
+
+    pairs = [(as_path(s), None if c is None or (isinstance(c, float) and math.isnan(c)) else as_path(c))
+             for s, c in scenes]
     if not pairs:
         raise CubeError(None, "no scenes given")
     names = [p.stem for p, _ in pairs]
@@ -346,7 +419,8 @@ class _Prepared:
 
 
 def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, reference: CubeLayout | None,
-             cube_path: Path, class_map: str | dict | None = None) -> tuple[list[_Prepared], CubeLayout]:
+             cube_path: Path, class_map: str | dict | None = None, bands: Sequence[str] | None = None
+             ) -> tuple[list[_Prepared], CubeLayout]:
     """Open every scene (headers only) and set up the rasterization of its chart (read, reprojected, checked
     to overlap the scene; no pixels yet), checking they all fit one cube; writes nothing."""
     from polarxr.labels import rasterize_chart
@@ -354,7 +428,7 @@ def _prepare(pairs: list[tuple[Path, Path]], sampler: SamplerConfig, chunks, ref
 
     prepared = []
     for scene_path, chart_path in pairs:
-        scene = open_scene(scene_path, chunks=chunks)
+        scene = open_scene(scene_path, chunks=chunks, bands=bands)
         layout = CubeLayout.of_scene(scene, sampler.patch_size)
         if reference is None:
             reference = layout
@@ -377,21 +451,34 @@ class CubeBuild:
     committed: dict[str, dict]
     prepared: list[_Prepared]
     layout: CubeLayout
+    overwrite: bool = False
 
-    def run(self, on_progress: ProgressCallback | None = None) -> list[SceneResult]:
+    def run(self, on_progress: ProgressCallback | None = None,
+            on_wait: Callable[[str], None] | None = None) -> list[SceneResult]:
         """Create or open the cube and add the planned scenes, committing each; computes on the active
-        dask scheduler. ``on_progress(scene_name, stage)``: stages sampling, writing, done, skipped."""
-        created = not self.cube_path.exists()
-        if created:
-            writer = CubeWriter.create(self.cube_path, self.layout, self.sampler.mode, self.sampler.params())
-        else:
-            writer = CubeWriter.open(self.cube_path)
-        try:
-            return self._add(writer, on_progress)
-        except BaseException:
-            if created and not CubeWriter.open(self.cube_path).records:
-                shutil.rmtree(self.cube_path, ignore_errors=True)  # leave no empty cube behind
-            raise
+        dask scheduler. ``on_progress(scene_name, stage)``: stages sampling, writing, done, skipped.
+        Holds the cube's :func:`writer_lock` throughout (``on_wait`` as there)."""
+        with writer_lock(self.cube_path, on_wait):
+            self._refresh()
+            created = not self.cube_path.exists()
+            if created:
+                writer = CubeWriter.create(self.cube_path, self.layout, self.sampler.mode, self.sampler.params())
+            else:
+                writer = CubeWriter.open(self.cube_path)
+            try:
+                return self._add(writer, on_progress)
+            except BaseException:
+                if created and not CubeWriter.open(self.cube_path).records:
+                    shutil.rmtree(self.cube_path, ignore_errors=True)  # leave no empty cube behind
+                raise
+
+    def _refresh(self) -> None:
+        """Re-read the committed scenes (another writer may have added some since planning) and drop them
+        from the plan unless overwriting."""
+        _, records = _existing(self.cube_path)
+        self.committed = {r["name"]: r for r in records}
+        if not self.overwrite:
+            self.prepared = [p for p in self.prepared if p.path.stem not in self.committed]
 
     def _add(self, writer: CubeWriter, on_progress: ProgressCallback | None) -> list[SceneResult]:
         replaced = {p.path.stem for p in self.prepared} & set(self.committed)
@@ -433,10 +520,11 @@ def plan_cube(
     overwrite: bool = False,
     chunks: dict[str, int] | int | None = None,
     class_map: str | dict | None = None,
+    bands: Sequence[str] | None = None,
 ) -> CubeBuild:
-    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes nothing.
-
-    ``class_map`` maps chart codes as :func:`polarxr.labels.read_chart`."""
+    """Check scenes, charts, parameters and the existing cube for :func:`build_cube`; reads no pixels, writes
+    nothing. ``class_map`` maps chart codes as :func:`polarxr.labels.read_chart`; ``bands``: the scenes' band
+    names where the files do not say (``--bands``)."""
     cube_path = Path(cube_path)
     sampler.validate(cube_path)
     split.validate(cube_path)
@@ -448,8 +536,8 @@ def plan_cube(
     committed = {r["name"]: r for r in records}
     todo = [(s, c) for s, c in pairs if overwrite or s.stem not in committed]
     _check_assignments(split, [s.stem for s, _ in pairs] + list(committed), committed, overwrite, cube_path)
-    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path, class_map)
-    return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout)
+    prepared, layout = _prepare(todo, sampler, chunks, layout, cube_path, class_map, bands)
+    return CubeBuild(cube_path, sampler, split, pairs, committed, prepared, layout, overwrite)
 
 
 def build_cube(
@@ -602,6 +690,6 @@ def open_cube(path: str | Path) -> xr.Dataset:
 
 
 __all__ = [
-    "CubeError", "CubeLayout", "CubeWriter", "PatchDataset", "SamplerConfig", "SceneResult",
+    "CubeError", "CubeLayout", "CubeWriter", "SamplerConfig", "SceneResult",
     "SplitConfig", "add_scene", "build_cube", "plan_cube", "CubeBuild", "open_cube", "open_cube_group", "remove_scenes",
 ]

@@ -26,9 +26,10 @@ class PatchDataset(Dataset):
     """Patches of one split: ``(image float32 (band, y, x), label int64 (y, x), patch_label int64 ())``.
 
     Images are normalised per band with the cube's ``norm`` (mean/std of the valid train pixels, in the
-    scene's units); nodata pixels (every band equal to the cube's nodata value, or NaN) and NaN values
-    become 0, the normalised mean. ``split`` "all" takes every patch; ``exclude_flagged`` leaves out the
-    patches flagged at import (mostly nodata, :mod:`polarxr.seedcompat`). Labels keep 255 for "no label". With ``augment``, each item gets one of
+    scene's units); nodata pixels (every band equal to the cube's nodata value, or not finite) and
+    non-finite values become 0, the normalised mean. ``split`` "all" takes every patch; ``exclude_flagged``
+    leaves out the patches flagged at import (mostly nodata, :mod:`polarxr.seedcompat`). Labels keep 255 for
+    "no label". With ``augment``, each item gets one of
     the 8 flips/rotations of the square, the same for image and label, drawn from torch's RNG (seeded per
     DataLoader worker by torch).
 
@@ -76,7 +77,7 @@ class PatchDataset(Dataset):
         return self._arrays
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
-        """``(band, y, x)`` raw values -> float32 normalised, nodata pixels and NaN set to 0."""
+        """``(band, y, x)`` raw values -> float32 normalised, nodata pixels and non-finite values set to 0."""
         return normalise(raw, self.mean, self.std, self.nodata)[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -69,6 +69,11 @@ def run_demo(workdir: str | Path, client: Client, config: DemoConfig = DemoConfi
     Re-running reuses what is complete (scenes, cube scenes, checkpoints) and redoes the rest.
     """
     workdir = Path(workdir)
+    if config.train_scenes < 2 or config.test_scenes < 1:
+        from polarxr.errors import PolarxrError
+
+        raise PolarxrError(None, f"the demo needs at least 2 training scenes (one of them validates) and 1 held-out "
+                                 f"scene, got {config.train_scenes} and {config.test_scenes}")
     seconds: dict[str, float] = {}
 
     def stage(name: str):

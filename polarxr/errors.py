@@ -13,6 +13,10 @@ class PolarxrError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):
+        # rebuilt from (path, problem), so an error raised in a task on a worker reaches the client whole
+        return type(self), (self.path, self.problem)
+
 
 class SceneError(PolarxrError):
     """A scene GeoTIFF that cannot be used (corrupt, no CRS, empty, wrong bands)."""
@@ -32,3 +36,11 @@ class ModelError(PolarxrError):
 
 class ClusterError(PolarxrError):
     """A Dask cluster that cannot be started or reached."""
+
+
+class OutputBusyError(PolarxrError):
+    """An output that another run is writing at this moment."""
+
+
+class ProductError(PolarxrError):
+    """A Sentinel-1 product (``.SAFE`` folder or ``.zip``) that cannot be ingested."""

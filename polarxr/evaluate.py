@@ -107,13 +107,20 @@ def metrics_from_confusion(cm, class_names: list[str] | None = None) -> dict:
     }
 
 
+#: Boundary scores of :func:`evaluate_prediction` (metres): CaFFe's mean distance error and its 95th percentile.
+BOUNDARY_KEYS = ("coastline_mde_m", "coastline_p95_m", "ice_edge_mde_m", "ice_edge_p95_m")
+
+
 def evaluate_prediction(pred_tif: str | Path, chart_shp: str | Path, chunks: int | dict | None = None,
-                        class_map: str | dict | None = None) -> dict:
+                        boundaries: bool = True, class_map: str | dict | None = None) -> dict:
     """Metrics of a class-map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata) against an ice chart shapefile.
 
     The class map is opened lazily (chunks as :func:`polarxr.scenes.open_scene`); the chart is rasterized
     block by block onto its exact grid and CRS. Pixels with no prediction (255) or no chart polygon are left
-    out. ``class_map`` as :func:`polarxr.labels.read_chart`. Returns :func:`metrics_from_confusion`'s dict plus ``prediction`` and ``chart`` paths.
+    out. ``class_map`` as :func:`polarxr.labels.read_chart`. Returns :func:`metrics_from_confusion`'s dict
+    plus ``prediction`` and ``chart`` paths and, with ``boundaries``, the :data:`BOUNDARY_KEYS`: mean
+    distance error and 95th percentile (m) of the coastline and the ice edge against the rasterized chart's
+    (:func:`polarxr.observations.distance.boundary_errors`; NaN where either side has no such line).
     """
     from polarxr.labels import rasterize_chart
     from polarxr.scenes import open_scene
@@ -125,6 +132,10 @@ def evaluate_prediction(pred_tif: str | Path, chart_shp: str | Path, chunks: int
     classes = classes.isel(band=0, drop=True)
     truth = rasterize_chart(chart_shp, classes, class_map)
     metrics = metrics_from_confusion(np.asarray(confusion_matrix(classes.data, truth.data).compute()))
+    if boundaries:
+        from polarxr.observations.distance import boundary_errors
+
+        metrics.update(boundary_errors(classes.astype(np.uint8), truth))
     metrics.update(prediction=str(pred_tif), chart=str(chart_shp))
     return metrics
 
@@ -148,11 +159,19 @@ def _score(value: float) -> str:
     return "-" if np.isnan(value) else f"{value:.3f}"
 
 
+def _metres(value: float) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.0f} m"
+
+
 def format_metrics_table(metrics: dict, title: str | None = None) -> Table:
     """A rich table of per-class IoU/F1/precision/recall/support, the means, and the confusion counts."""
     names = metrics["class_names"]
-    table = Table(title=title, caption=f"overall accuracy {_score(metrics['overall_accuracy'])} over "
-                                       f"{metrics['n_pixels']:,} labelled px")
+    caption = f"overall accuracy {_score(metrics['overall_accuracy'])} over {metrics['n_pixels']:,} labelled px"
+    if "coastline_mde_m" in metrics:
+        caption += "; " + "; ".join(
+            f"{label} mean distance error {_metres(metrics[f'{key}_mde_m'])} (95 % {_metres(metrics[f'{key}_p95_m'])})"
+            for key, label in (("coastline", "coastline"), ("ice_edge", "ice edge")))
+    table = Table(title=title, caption=caption)
     table.add_column("class")
     for column in ("IoU", "F1", "precision", "recall", "support (px)"):
         table.add_column(column, justify="right")

@@ -13,7 +13,6 @@ depend on the chunking.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -24,16 +23,11 @@ import xarray as xr
 from affine import Affine
 from pyproj import CRS
 from rasterio import features
-from rasterio.errors import NotGeoreferencedWarning
 
 from polarxr.classes import CLASS_CODES, ICE, LAND, NO_LABEL, WATER
 from polarxr.errors import ChartError
 from polarxr.scenes import open_scene, valid_mask
-from polarxr.vectors import polygonal, read_vector_file, to_crs
-
-# rasterio's in-memory scratch dataset warns about its own missing geotransform from every rasterize
-# call; a filter set once here is thread-safe, unlike catch_warnings inside dask tasks.
-warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
+from polarxr.vectors import crs_name, polygonal, read_vector_file, to_crs
 
 #: Drawing order: later classes overwrite earlier ones where polygons overlap.
 OVERLAP_PRIORITY: tuple[int, ...] = (WATER, ICE, LAND)
@@ -85,7 +79,9 @@ def read_chart(path: str | Path, crs: CRS | str | None = None,
     unknown class codes, a chart without polygons or without a CRS, or a CRS that cannot be transformed to
     ``crs``.
     """
-    path = Path(path)
+    from polarxr.io import as_path
+
+    path = as_path(path)
     codes = {**CHART_CODES, **parse_class_map(class_map, path)}
     chart = read_vector_file(path, ChartError)
     column = _poly_type_column(chart, path)
@@ -228,6 +224,11 @@ def rasterize_chart(chart: gpd.GeoDataFrame | str | Path, scene: xr.DataArray,
     return labels.rio.write_nodata(NO_LABEL, encoded=False)
 
 
+def _plain_bounds(bounds) -> str:
+    """``(left, bottom, right, top)`` as plain whole numbers: ``(500000, -1812000, 510400, -1800000)``."""
+    return "(" + ", ".join(f"{float(v):.0f}" for v in bounds) + ")"
+
+
 def _ensure_overlap(chart: gpd.GeoDataFrame, scene: xr.DataArray, source: str | None) -> None:
     left, bottom, right, top = scene.rio.bounds()
     c_left, c_bottom, c_right, c_top = chart.total_bounds
@@ -235,8 +236,8 @@ def _ensure_overlap(chart: gpd.GeoDataFrame, scene: xr.DataArray, source: str | 
         raise ChartError(
             source,
             f"does not overlap the scene {scene.attrs.get('source', '')} "
-            f"(chart bounds {tuple(np.round(chart.total_bounds))}, scene bounds "
-            f"{tuple(np.round((left, bottom, right, top)))} in {scene.rio.crs})",
+            f"(chart bounds {_plain_bounds(chart.total_bounds)}, scene bounds "
+            f"{_plain_bounds((left, bottom, right, top))} m in {crs_name(scene.rio.crs)})",
         )
 
 

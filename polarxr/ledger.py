@@ -22,7 +22,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -125,7 +125,9 @@ class SceneRecord:
     def outputs(self) -> dict[str, Path]:
         """The recorded output paths by kind (``class_map``, ``probabilities``, ``quicklook``, ``stac_item``)."""
         kinds = ("class_map", "probabilities", "quicklook", "stac_item")
-        return {k: Path(getattr(self, k)) for k in kinds if getattr(self, k)}
+        from polarxr.io import as_path
+
+        return {k: as_path(getattr(self, k)) for k in kinds if getattr(self, k)}
 
     def sizes(self) -> dict[str, int]:
         """Byte size of each output when it was recorded (a Zarr store: the sum of its files)."""
@@ -163,7 +165,9 @@ def _process_alive(pid: int, pid_started: float | None) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         return pid_started is None or abs(proc.create_time() - pid_started) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+    except psutil.AccessDenied:  # another user's process that we may not inspect: it exists
+        return True
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return False
 
 
@@ -174,9 +178,11 @@ class Ledger:
     One instance per thread (SQLite connections are not shared between threads).
     """
 
-    def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.lease_s = lease_s
+        #: seconds since the epoch, for heartbeats and leases (a test steps its own)
+        self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -278,7 +284,9 @@ class Ledger:
         """Add ``scene`` as ``pending`` if new; note a moved file; reset a changed input to ``pending``.
 
         Returns a message when an existing, not running row was reset because the input's size or mtime
-        changed (a re-delivered product), else None.
+        changed (a re-delivered product), else None. A ``running`` row is left alone: its size and mtime
+        stay those of the input being processed, so a product re-delivered meanwhile is seen as changed
+        (and processed again) once that run has finished.
         """
         path = str(path)
         with self._write() as db:
@@ -286,6 +294,8 @@ class Ledger:
             if row is None:
                 db.execute("INSERT INTO scenes (scene, path, size, mtime, status, discovered) VALUES (?, ?, ?, ?, 'pending', ?)",
                            (scene, path, size, mtime, now_iso()))
+                return None
+            if row.status == "running":
                 return None
             changed = row.size != size or row.mtime is None or abs(row.mtime - mtime) > 1e-6
             if changed and row.status in ("done", "failed"):
@@ -305,7 +315,7 @@ class Ledger:
         very process under another run id than ``active_run`` (an interrupted earlier cycle); on another
         host, a heartbeat older than the lease.
         """
-        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        host, pid, now = socket.gethostname(), os.getpid(), self.clock()
         messages = []
         with self._write() as db:
             for row in self.records("running"):
@@ -337,7 +347,7 @@ class Ledger:
                 "UPDATE scenes SET status = 'running', attempts = attempts + 1, error = NULL, run_id = ?, host = ?, "
                 "pid = ?, pid_started = ?, heartbeat = ?, started = ?, finished = NULL, seconds = NULL, "
                 f"model_hash = ?, polarxr_version = ? WHERE scene = ? AND status IN ({marks})",
-                (owner.run_id, owner.host, owner.pid, owner.pid_started, time.time(), now_iso(), model_hash,
+                (owner.run_id, owner.host, owner.pid, owner.pid_started, self.clock(), now_iso(), model_hash,
                  polarxr_version, scene, *statuses),
             )
             return cursor.rowcount == 1
@@ -346,7 +356,7 @@ class Ledger:
         """Refresh the heartbeat of the rows ``run_id`` is running; returns how many."""
         with self._write() as db:
             return db.execute("UPDATE scenes SET heartbeat = ? WHERE run_id = ? AND status = 'running'",
-                              (time.time(), run_id)).rowcount
+                              (self.clock(), run_id)).rowcount
 
     def mark_done(
         self,
@@ -359,29 +369,46 @@ class Ledger:
         checksum: str | None = None,
         metrics: dict | None = None,
         message: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a finished scene with its outputs (keys ``class_map``, ``probabilities``, ``quicklook``,
-        ``stac_item``), their byte sizes, wall ``seconds`` and the input's ``checksum`` (sha256)."""
+        ``stac_item``), their byte sizes, wall ``seconds`` and the input's ``checksum`` (sha256).
+
+        Returns False (and changes nothing) when ``run_id`` no longer holds the scene's ``running`` row
+        (another run reset it after this run's lease ran out)."""
         paths = {k: (str(outputs[k]) if outputs.get(k) else None) for k in ("class_map", "probabilities", "quicklook", "stac_item")}
         with self._write() as db:
-            db.execute(
+            return db.execute(
                 "UPDATE scenes SET status = 'done', error = NULL, message = ?, finished = ?, seconds = ?, "
                 "predict_seconds = ?, checksum = COALESCE(?, checksum), class_map = ?, probabilities = ?, "
                 "quicklook = ?, stac_item = ?, output_sizes = ?, metrics = ?, pid = NULL, pid_started = NULL, "
-                "heartbeat = NULL WHERE scene = ? AND run_id = ?",
+                "heartbeat = NULL WHERE scene = ? AND run_id = ? AND status = 'running'",
                 (message, now_iso(), seconds, predict_seconds, checksum, paths["class_map"], paths["probabilities"],
                  paths["quicklook"], paths["stac_item"], json.dumps(output_sizes),
                  json.dumps(metrics, default=float) if metrics is not None else None, scene, run_id),
-            )
+            ).rowcount == 1
 
-    def mark_failed(self, scene: str, run_id: str, error: str, seconds: float | None = None) -> None:
-        """Record that the current attempt of ``scene`` failed with ``error`` (kept for the user to read)."""
+    def mark_failed(self, scene: str, run_id: str, error: str, seconds: float | None = None,
+                    retry: bool = False) -> bool:
+        """Record that the current attempt of ``scene`` failed with ``error`` (kept for the user to read):
+        ``failed``, or with ``retry`` back to ``pending`` to be tried again (see :meth:`retry_at`).
+
+        Returns False (and changes nothing) when ``run_id`` no longer holds the scene's ``running`` row."""
+        status = "pending" if retry else "failed"
         with self._write() as db:
-            db.execute(
-                "UPDATE scenes SET status = 'failed', error = ?, finished = ?, seconds = ?, pid = NULL, "
-                "pid_started = NULL, heartbeat = NULL WHERE scene = ? AND run_id = ?",
-                (error, now_iso(), seconds, scene, run_id),
-            )
+            return db.execute(
+                "UPDATE scenes SET status = ?, error = ?, finished = ?, seconds = ?, pid = NULL, "
+                "pid_started = NULL, heartbeat = NULL, run_id = CASE WHEN ? THEN NULL ELSE run_id END "
+                "WHERE scene = ? AND run_id = ? AND status = 'running'",
+                (status, error, now_iso(), seconds, retry, scene, run_id),
+            ).rowcount == 1
+
+    @staticmethod
+    def retry_at(record: SceneRecord, backoff_s: float) -> float | None:
+        """When (epoch seconds) a ``pending`` row that failed transiently may be tried again: ``backoff_s``
+        doubled per attempt after its last failure; None for a row that has not failed."""
+        if record.status != "pending" or not record.error or not record.finished or record.attempts < 1:
+            return None
+        return datetime.fromisoformat(record.finished).timestamp() + backoff_s * 2 ** (record.attempts - 1)
 
     def reset(self, scene: str, message: str) -> None:
         """Set a ``done`` or ``failed`` row back to ``pending`` (e.g. its outputs are gone), noting why."""

@@ -10,7 +10,7 @@ that crosses a chunk border is cut from real neighbouring pixels, chunks without
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import dask
 import dask.array as da
@@ -22,25 +22,55 @@ from numpy.lib.stride_tricks import sliding_window_view
 from polarxr.classes import N_CLASSES, NO_LABEL
 from polarxr.scenes import valid_pixels
 
-if TYPE_CHECKING:
-    from polarxr.samplers import PatchPositions
-
 #: Pixel-count keys of a group's labels: the classes, then "no label".
 LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
+
+
+@dataclass
+class PatchPositions:
+    """The patches chosen in one scene, in storage order (by chunk row-major, then row, col).
+
+    ``row``/``col``: top-left pixel (int32); ``label``: centre class (uint8); ``block``: index of the
+    chunk (of ``core_chunks``) holding the top-left pixel. ``eligible``: eligible positions per class;
+    ``requested``/``accepted``: patches per class asked for and obtained (random mode); ``tries``: the
+    seed's draws simulated (None without ``max_tries``).
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    label: np.ndarray
+    block: np.ndarray
+    core_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    eligible: dict[int, int]
+    requested: dict[int, int] | None
+    accepted: dict[int, int]
+    tries: int | None = None
+    shortfall: dict[int, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def summary(self) -> dict:
+        """JSON-ready record of the draw (keys are class codes as strings)."""
+        def codes(d):
+            return None if d is None else {str(k): int(v) for k, v in d.items()}
+
+        return {"eligible": codes(self.eligible), "requested": codes(self.requested),
+                "accepted": codes(self.accepted), "tries": self.tries, "shortfall": codes(self.shortfall)}
 
 
 def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """``(band, y, x)`` raw values -> ``(float32 (raw - mean) / std, valid (y, x))``, per band.
 
-    Pixels without data (every band nodata or NaN) and any NaN value become 0, the mean of the training
-    data, for training and inference alike.
+    Pixels without data (every band nodata or not finite) and any non-finite value (NaN, ±inf) become 0,
+    the mean of the training data, for training and inference alike.
     """
     valid = valid_pixels(raw, nodata)
     mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(std, np.float32).reshape(-1, 1, 1)
     image = (raw.astype(np.float32) - mean) / std
     image[:, ~valid] = 0.0
-    image[np.isnan(image)] = 0.0
+    image[~np.isfinite(image)] = 0.0
     return image, valid
 
 
@@ -110,14 +140,14 @@ def extract_patches(scene: xr.DataArray, raster: xr.DataArray, positions: PatchP
 def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> dict:
     """Per-band count, mean and M2 (sum of squared deviations) over valid pixels, and label pixel counts.
 
-    A pixel is valid where any band holds data (not ``nodata``, not NaN), as :func:`polarxr.scenes.valid_mask`;
-    NaN values of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
+    A pixel is valid where any band holds data (not ``nodata``, finite), as :func:`polarxr.scenes.valid_mask`;
+    non-finite values (NaN, ±inf) of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
     """
     values = image.astype(np.float64)
     valid_pixel = valid_pixels(image, nodata, band_axis=1)
     counts, means, m2s = [], [], []
     for band in range(values.shape[1]):
-        v = values[:, band][valid_pixel & ~np.isnan(values[:, band])]
+        v = values[:, band][valid_pixel & np.isfinite(values[:, band])]
         counts.append(int(v.size))
         mean = float(v.mean()) if v.size else 0.0
         means.append(mean)

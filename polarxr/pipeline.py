@@ -5,9 +5,11 @@ Catalog / Collection JSON), segments those not yet done, several at once on a ``
 and writes per scene, in ``out_dir/<scene id>/``::
 
     <scene>_class.tif         class map COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS
-    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 255
+    <scene>_probability.zarr  class probabilities, uint8 (class, y, x), p x 254 (255 nodata; CF scale_factor)
     <scene>_quicklook.png     quicklook of the segmentation beside the scene
-    <scene>.json              STAC Item describing the three (see :mod:`polarxr.stac`)
+    <scene>_lines.gpkg        coastline, ice edge (sub-pixel, from the probabilities) and fronts as lines
+    <scene>_icebergs.gpkg     iceberg centroids with their areas (:mod:`polarxr.observations`)
+    <scene>.json              STAC Item describing them (see :mod:`polarxr.stac`)
 
 Every scene's status is kept in ``out_dir/ledger.sqlite`` (:mod:`polarxr.ledger`). Running it twice
 processes nothing twice; a killed run leaves no half-written output (every output is written under a
@@ -21,10 +23,8 @@ processed again, with a message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -39,20 +39,20 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import RasterioError
 
-from polarxr.errors import ModelError, PolarxrError, SceneError
-from polarxr.io import TEMPORARY_NAME
+from polarxr.errors import PolarxrError, SceneError
+from polarxr.ingest.safe import is_product
+from polarxr.io import TEMPORARY_NAME, as_path, file_sha256, is_url, remove, size_of
 from polarxr.ledger import Ledger, Owner, SceneRecord, now_iso
+from polarxr.outputs import CLASS_MAP_SUFFIX, PROBABILITIES_SUFFIX, QUICKLOOK_SUFFIX
 from polarxr.region import check_intersects, read_region
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite"
-CLASS_MAP_SUFFIX = "_class.tif"
-PROBABILITIES_SUFFIX = "_probability.zarr"
-QUICKLOOK_SUFFIX = "_quicklook.png"
+#: The geocoded scene ingested from a delivered product (``.SAFE`` / ``.zip``) before it is segmented.
+INGESTED_SUFFIX = "_scene.tif"
 #: Default chunk edge (px) of the blockwise inference.
 DEFAULT_CHUNK = 2048
-# Names io.atomic_path gives its temporaries: left behind only when a process was killed mid-write.
 
 
 # --------------------------------------------------------------------------------------------- inbox
@@ -67,6 +67,11 @@ class InboxScene:
     problem: str | None = None
 
 
+def _is_product(path) -> bool:
+    """A Sentinel-1 product as delivered (read from local disk only; object-storage inboxes hold GeoTIFFs)."""
+    return not is_url(path) and is_product(path)
+
+
 def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """The scenes of an inbox folder (``*.tif``, ``*.tiff``, with ``seaice_s1_*.shp`` charts beside them) or
     of a STAC ItemCollection / Catalog / Collection / Item JSON file, in acquisition order.
@@ -76,17 +81,17 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     """
     from polarxr.scenes import chart_name_for, parse_product_name, scene_catalog
 
-    inbox = Path(inbox)
+    inbox = as_path(inbox)
     if inbox.is_file():
         from polarxr.stac import read_scene_hrefs
 
         found = []
         for item_id, href in read_scene_hrefs(inbox):
-            if "://" in href:
+            if "://" in href and not href.startswith("s3://"):
                 found.append(InboxScene(item_id, Path(href), problem=f"{href}: remote scene assets are not read; "
                                         "download the scene and reference the local file"))
                 continue
-            path = Path(href)
+            path = as_path(href)
             try:
                 start = parse_product_name(path).start
             except ValueError as err:
@@ -98,15 +103,38 @@ def find_scenes(inbox: str | Path) -> list[InboxScene]:
     if not inbox.exists():
         raise SceneError(inbox, "inbox does not exist (a folder of scene GeoTIFFs or a STAC JSON file)")
     catalog = scene_catalog(inbox)
-    found = []
+    found = _products(inbox)
     for row in catalog.itertuples(index=False):
         start = getattr(row, "start", None)
         if start is None or start != start:  # NaT / NaN: not a product name
-            found.append(InboxScene(row.scene, Path(row.path), problem=(
-                f"{Path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
+            found.append(InboxScene(row.scene, as_path(row.path), problem=(
+                f"{as_path(row.path).name}: not a Sentinel-1 product name; the acquisition time is read from it")))
         else:
-            found.append(InboxScene(row.scene, Path(row.path), row.chart, start.to_pydatetime()))
-    return found
+            found.append(InboxScene(row.scene, as_path(row.path), row.chart, start.to_pydatetime()))
+    return sorted(found, key=lambda s: (s.start is None, s.start or datetime.min, s.scene))
+
+
+def _products(inbox: Path) -> list[InboxScene]:
+    """Sentinel-1 products as delivered in an inbox folder (``*.SAFE`` folders, ``*.zip``), keyed by product name.
+
+    A product delivered twice (as a folder and as a zip, say) is listed once: the ``.SAFE`` folder wins.
+    """
+    from polarxr.scenes import chart_name_for, parse_product_name
+
+    found: dict[str, InboxScene] = {}
+    candidates = sorted(p for p in inbox.glob("*.SAFE") if p.is_dir()) + sorted(inbox.glob("*.zip"))
+    for path in candidates:
+        scene = path.name.split(".")[0]
+        if scene in found:
+            continue
+        try:
+            start = parse_product_name(scene).start
+        except ValueError as err:
+            found[scene] = InboxScene(scene, path, problem=str(err))
+            continue
+        chart = path.with_name(chart_name_for(start))
+        found[scene] = InboxScene(scene, path, chart if chart.exists() else None, start)
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -119,39 +147,50 @@ class SceneOutputs:
     probabilities: Path
     quicklook: Path
     stac_item: Path
+    lines: Path
+    icebergs: Path
 
     @classmethod
     def for_scene(cls, out_dir: str | Path, scene: str) -> SceneOutputs:
-        folder = Path(out_dir) / scene
+        from polarxr.observations.products import ICEBERGS_SUFFIX, LINES_SUFFIX
+
+        folder = as_path(out_dir) / scene
         return cls(folder, folder / f"{scene}{CLASS_MAP_SUFFIX}", folder / f"{scene}{PROBABILITIES_SUFFIX}",
-                   folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json")
+                   folder / f"{scene}{QUICKLOOK_SUFFIX}", folder / f"{scene}.json",
+                   folder / f"{scene}{LINES_SUFFIX}", folder / f"{scene}{ICEBERGS_SUFFIX}")
 
     def paths(self) -> dict[str, Path]:
         """Output paths by kind, as the ledger records them."""
         return {"class_map": self.class_map, "probabilities": self.probabilities, "quicklook": self.quicklook,
-                "stac_item": self.stac_item}
+                "lines": self.lines, "icebergs": self.icebergs, "stac_item": self.stac_item}
 
 
 def output_size(path: str | Path) -> int:
     """Bytes of a file, or of all files of a folder (a Zarr store); -1 when missing."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else -1
+    return size_of(path)
 
 
-def check_outputs(record: SceneRecord) -> str | None:
-    """Why a ``done`` row's outputs cannot be trusted (missing, changed size, unreadable), or None."""
+def check_outputs(record: SceneRecord, full: bool = True) -> str | None:
+    """Why a ``done`` row's outputs cannot be trusted (missing, changed size, unreadable), or None.
+
+    ``full=False`` is the check of every poll: the outputs exist and the files (not the Zarr stores,
+    whose files would all be visited) have their recorded sizes, from one ``stat`` each. ``full`` (``process
+    --verify``) also sums every store's files and opens the class map.
+    """
     outputs, sizes = record.outputs(), record.sizes()
     if "class_map" not in outputs:
         return "no class map is recorded"
     for kind, path in outputs.items():
         if not path.exists():
             return f"output {path} is missing"
+        if not full and path.is_dir():
+            continue
         if kind in sizes and output_size(path) != sizes[kind]:
             return f"output {path} has changed size ({sizes[kind]} -> {output_size(path)} B; truncated or overwritten?)"
+    if not full:
+        return None
     try:
-        with rasterio.open(outputs["class_map"]) as src:
+        with rasterio.open(str(outputs["class_map"])) as src:
             if src.count != 1 or src.dtypes[0] != "uint8":
                 return f"output {outputs['class_map']} is not a class map (bands {src.count}, {src.dtypes[0]})"
     except RasterioError as err:
@@ -165,26 +204,16 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     if folder.is_dir():
         for path in folder.iterdir():
             if TEMPORARY_NAME.match(path.name):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                remove(str(path))
                 removed.append(path)
     return removed
 
 
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_version(checkpoint: str | Path) -> str:
-    """The model version recorded with each scene: the first 16 hex digits of the checkpoint's SHA-256."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ModelError(checkpoint, "checkpoint does not exist")
-    return file_sha256(checkpoint)[:16]
+    """The model version recorded with each scene (:func:`polarxr.checkpoints.checkpoint_version`)."""
+    from polarxr.checkpoints import checkpoint_version
+
+    return checkpoint_version(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -192,8 +221,10 @@ def model_version(checkpoint: str | Path) -> str:
 class SceneOutcome:
     """What a run did with one scene.
 
-    ``status``: ``done`` / ``failed`` (processed in this run), ``up-to-date`` (done earlier),
-    ``failed-before`` (failed earlier, not retried), ``busy`` (another live run is processing it).
+    ``status``: ``done`` / ``failed`` (processed in this run), ``retry`` (failed transiently in this run,
+    to be tried again), ``waiting`` (failed transiently before, its backoff not over), ``up-to-date``
+    (done earlier), ``failed-before`` (failed earlier, not retried), ``busy`` (another live run is
+    processing it).
     """
 
     scene: str
@@ -224,8 +255,8 @@ class ProcessReport:
 
     @property
     def processed(self) -> list[SceneOutcome]:
-        """Scenes this run attempted (done or failed)."""
-        return self.with_status("done", "failed")
+        """Scenes this run attempted (done, failed, or to be retried)."""
+        return self.with_status("done", "failed", "retry")
 
     @property
     def failed(self) -> list[SceneOutcome]:
@@ -234,6 +265,15 @@ class ProcessReport:
 
 
 # --------------------------------------------------------------------------------------------- running
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A scene whose attempt failed transiently is tried again, at most ``max_attempts`` attempts in all,
+    each after ``backoff_s`` seconds doubled per attempt (60 s, 120 s, ...); then it is ``failed``."""
+
+    max_attempts: int = 3
+    backoff_s: float = 60.0
+
+
 @dataclass
 class _SceneResult:
     predict_seconds: float | None
@@ -275,33 +315,64 @@ def _process_scene(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path, c
                    region, properties: dict) -> _SceneResult:
     """Segment one scene and write its outputs and STAC Item (runs in a thread of the client process)."""
     from polarxr.predict import predict_scene
-    from polarxr.scenes import open_scene
+    from polarxr.scenes import open_scene, valid_footprint
     from polarxr.stac import scene_item, write_item
 
     for path in _remove_leftovers(outputs.folder):
         log.info("%s: removed %s left by an interrupted run", entry.scene, path.name)
     if region is not None:
         grid = open_scene(entry.path)
-        check_intersects(region, grid.rio.bounds(), grid.rio.crs, entry.path)
-    checksum = file_sha256(entry.path)
+        # the swath's valid data, not the file's rectangle: an EW swath fills only part of it (a delivered
+        # product is checked by its grid's rectangle, before the costly ingestion)
+        footprint = grid.rio.bounds() if is_product(entry.path) else valid_footprint(entry.path)
+        check_intersects(region, footprint, grid.rio.crs, entry.path)
+    scene_path = entry.path
+    if _is_product(entry.path):
+        # the product's manifest lists every file's MD5: its digest identifies the delivery
+        checksum = file_sha256(entry.path / "manifest.safe" if entry.path.is_dir() else entry.path)
+        scene_path = _ingest_for(entry, outputs, checkpoint)
+    else:
+        checksum = file_sha256(entry.path)
     message, metrics = None, None
-    result = predict_scene(entry.path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
-                           chunk=chunk, client=client, quicklook=outputs.quicklook)
+    result = predict_scene(scene_path, checkpoint, outputs.class_map, probabilities=outputs.probabilities,
+                           chunk=chunk, client=client, quicklook=outputs.quicklook,
+                           model_version=properties["polarxr:model"])
     if entry.chart is not None:
         from polarxr.evaluate import evaluate_prediction
 
         # Not client.as_current(): it flips dask's global config, which threads would race on; the
         # metrics run on the default scheduler (the local cluster's client, or threads here).
         try:
-            metrics = evaluate_prediction(outputs.class_map, entry.chart)
+            metrics = evaluate_prediction(str(outputs.class_map), entry.chart)
         except PolarxrError as err:  # a bad chart costs the metrics, not the product
             message = f"metrics against the chart skipped: {err}"
+    from polarxr.observations.products import write_observations
+
+    observed = write_observations(outputs.class_map, outputs.lines, outputs.icebergs,
+                                  probabilities=outputs.probabilities if outputs.probabilities.exists() else None)
     written = {k: p for k, p in outputs.paths().items() if k != "stac_item" and p.exists()}
-    properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics)}
+    properties = {**properties, "polarxr:source_sha256": checksum, **_metrics_summary(metrics),
+                  **_metrics_summary(observed)}
     item = scene_item(entry.scene, entry.path, outputs.stac_item, written, properties=properties)
     write_item(item, outputs.stac_item)
     sizes = {k: output_size(p) for k, p in outputs.paths().items() if p.exists()}
     return _SceneResult(getattr(result, "seconds", None), checksum, metrics, sizes, message)
+
+
+def _ingest_for(entry: InboxScene, outputs: SceneOutputs, checkpoint: Path) -> Path:
+    """Geocode a delivered product into ``<scene>_scene.tif`` in the form the checkpoint reads.
+
+    A checkpoint trained on the 8-bit rendering (bands ``HH, HV, HH-HV``) gets the 8-bit product,
+    others linear float sigma0. Runs on the default dask scheduler (the cluster's client).
+    """
+    from polarxr.ingest import ingest_product
+    from polarxr.train import read_checkpoint
+
+    bands = list(read_checkpoint(checkpoint).get("band_names", []))
+    kind = "8bit" if len(bands) == 3 else "float"
+    target = outputs.folder / f"{entry.scene}{INGESTED_SUFFIX}"
+    ingest_product(entry.path, outputs.folder, kind=kind, scene_path=target, item=False)
+    return target
 
 
 def _metrics_summary(metrics: dict | None) -> dict:
@@ -333,6 +404,9 @@ def process_inbox(
     ledger_path: str | Path | None = None,
     on_scene: Callable[[SceneOutcome], None] | None = None,
     heartbeat_s: float = 30.0,
+    verify: bool = False,
+    retry: RetryPolicy = RetryPolicy(),
+    clock: Callable[[], float] = time.time,
 ) -> ProcessReport:
     """Segment every scene of ``inbox`` that the ledger does not record as done; return what happened.
 
@@ -343,6 +417,10 @@ def process_inbox(
     processing; by default a local cluster (:func:`polarxr.cluster.get_client`), likewise only then. ``max_concurrent`` scenes are in flight at once (default: one per
     worker, at least two). ``region``: a polygon file; scenes that miss it are recorded as failed.
     ``chunk``: block edge of the inference in px. ``on_scene`` is called as each scene finishes.
+    ``verify``: audit every ``done`` scene's outputs in full (every file of every store, every class map
+    opened); by default a poll only checks that they exist with their recorded sizes. ``retry``: how often
+    and when a scene that failed for a reason other than its input (a lost worker, a full disk) is tried
+    again before it is recorded as failed; ``clock`` gives the time (seconds) for its backoff.
 
     Raises :class:`~polarxr.ledger.LedgerError` for a ledger that is not one or from a newer polarxr,
     :class:`ModelError` for a missing checkpoint, :class:`SceneError` for a missing inbox. Problems with
@@ -350,18 +428,21 @@ def process_inbox(
     """
     from polarxr import __version__
 
-    inbox, out_dir, checkpoint = Path(inbox), Path(out_dir), Path(checkpoint)
+    inbox, out_dir, checkpoint = as_path(inbox), as_path(out_dir), as_path(checkpoint)
+    if is_url(out_dir) and ledger_path is None:
+        raise PolarxrError(out_dir, "is on object storage: give a ledger on a local disk (--ledger PATH)")
     tic = time.perf_counter()
     model_hash = model_version(checkpoint)
     region_frame = read_region(region) if region else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = find_scenes(inbox)  # a missing inbox is reported before anything is written
+    if not is_url(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = Path(ledger_path) if ledger_path else out_dir / LEDGER_NAME
     run_id = uuid.uuid4().hex[:12]
     report = ProcessReport(run_id, inbox, out_dir, ledger_path, now_iso())
     with Ledger(ledger_path) as ledger:
         report.messages += ledger.recover_stale(active_run=run_id)
-        entries = find_scenes(inbox)
-        todo = _plan(ledger, entries, out_dir, retry_failed, report)
+        todo = _plan(ledger, entries, out_dir, retry_failed, report, verify, retry, clock())
         if todo:
             with ExitStack() as stack:
                 if client is None or not hasattr(client, "submit"):
@@ -375,7 +456,7 @@ def process_inbox(
                 try:
                     _execute(ledger, todo, owner, model_hash, __version__, retry_failed, out_dir, checkpoint,
                              chunk, client, region_frame, properties, max_concurrent or default_concurrency(client),
-                             heartbeat_s, report, on_scene)
+                             heartbeat_s, report, on_scene, retry)
                 finally:
                     ledger.finish_run(run_id, len(report.with_status("done")), len(report.failed))
     report.seconds = time.perf_counter() - tic
@@ -383,21 +464,29 @@ def process_inbox(
 
 
 def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed: bool,
-          report: ProcessReport) -> list[InboxScene]:
-    """Register the inbox's scenes, re-queue done scenes whose outputs are broken, return those to process."""
+          report: ProcessReport, verify: bool = False, retry: RetryPolicy | None = None,
+          now: float | None = None) -> list[InboxScene]:
+    """Register the inbox's scenes, re-queue done scenes whose outputs are broken, return those to process
+    (less those waiting out their retry backoff)."""
+    retry = retry or RetryPolicy()
+    now = time.time() if now is None else now
     todo = []
     for entry in entries:
-        size, mtime = (entry.path.stat().st_size, entry.path.stat().st_mtime) if entry.path.exists() else (-1, 0.0)
+        size, mtime = _signature(entry.path)
         if (message := ledger.register(entry.scene, entry.path, size, mtime)) is not None:
             report.messages.append(message)
         record = ledger.get(entry.scene)
-        if record.status == "done" and (problem := check_outputs(record)) is not None:
+        if record.status == "done" and (problem := check_outputs(record, full=verify)) is not None:
             message = f"{entry.scene}: {problem}; processing it again"
             ledger.reset(entry.scene, message)
             report.messages.append(message)
             record = ledger.get(entry.scene)
         outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
-        if record.status == "pending" or (record.status == "failed" and retry_failed):
+        due = Ledger.retry_at(record, retry.backoff_s)
+        if due is not None and now < due:
+            report.outcomes.append(SceneOutcome(entry.scene, "waiting", record.seconds, record.error, record.attempts,
+                                                message=f"tried again after {datetime.fromtimestamp(due):%H:%M:%S}"))
+        elif record.status == "pending" or (record.status == "failed" and retry_failed):
             todo.append(entry)
         elif record.status == "done":
             report.outcomes.append(SceneOutcome(entry.scene, "up-to-date", record.seconds, attempts=record.attempts,
@@ -411,8 +500,31 @@ def _plan(ledger: Ledger, entries: list[InboxScene], out_dir: Path, retry_failed
     return todo
 
 
+def _signature(path: Path) -> tuple[int, float]:
+    """(size, mtime) by which the ledger notices a changed input; -1 when missing.
+
+    A delivered product is identified by its name (it carries the product id) and its manifest: the same
+    product as ``.SAFE`` or ``.zip``, delivered again, is the same input (manifest size, mtime 0).
+    """
+    if not path.exists():
+        return -1, 0.0
+    if _is_product(path):
+        if path.is_dir():
+            manifest = path / "manifest.safe"
+            return (manifest.stat().st_size if manifest.exists() else -1), 0.0
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                sizes = [i.file_size for i in archive.infolist() if i.filename.endswith("/manifest.safe")]
+        except (zipfile.BadZipFile, OSError):
+            return path.stat().st_size, path.stat().st_mtime
+        return (sizes[0] if sizes else -1), 0.0
+    return path.stat().st_size, path.stat().st_mtime
+
+
 def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, checkpoint, chunk, client, region,
-             properties, max_concurrent, heartbeat_s, report, on_scene) -> None:
+             properties, max_concurrent, heartbeat_s, report, on_scene, retry: RetryPolicy) -> None:
     """Claim and process ``todo`` with at most ``max_concurrent`` scenes in flight; record each result."""
     queue: deque[InboxScene] = deque(todo)
     in_flight: dict[Future, tuple[InboxScene, float]] = {}
@@ -447,7 +559,7 @@ def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, ch
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:
                 entry, started = in_flight.pop(future)
-                record(_settle(ledger, owner.run_id, entry, future, time.perf_counter() - started, out_dir))
+                record(_settle(ledger, owner.run_id, entry, future, time.perf_counter() - started, out_dir, retry))
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         released = ledger.release(owner.run_id, "the run was interrupted before this scene finished")
@@ -458,22 +570,51 @@ def _execute(ledger, todo, owner, model_hash, version, retry_failed, out_dir, ch
     pool.shutdown(wait=True)
 
 
+def _transient(err: BaseException) -> bool:
+    """Whether a failure may pass on its own (a lost worker or scheduler, a full disk, a replaced
+    checkpoint) rather than come from the scene itself (a :class:`PolarxrError` about the input)."""
+    from polarxr.checkpoints import CheckpointChanged
+
+    if isinstance(err, CheckpointChanged):
+        return True
+    if isinstance(err, PolarxrError):  # a block failure is named after its scene: judge what caused it
+        cause = err.__cause__
+        return cause is not None and not isinstance(cause, PolarxrError) and _transient(cause)
+    return True
+
+
 def _settle(ledger: Ledger, run_id: str, entry: InboxScene, future: Future, seconds: float,
-            out_dir: Path) -> SceneOutcome:
-    """Record a finished scene future in the ledger as done or failed."""
+            out_dir: Path, retry: RetryPolicy | None = None) -> SceneOutcome:
+    """Record a finished scene future in the ledger: done, failed, or (a transient failure within the
+    attempt budget) pending again for a later retry."""
+    retry = retry or RetryPolicy()
     outputs = SceneOutputs.for_scene(out_dir, entry.scene).paths()
+    attempts = ledger.get(entry.scene).attempts
     try:
         result: _SceneResult = future.result()
     except Exception as err:  # any failure of one scene is recorded; the others go on
         log.debug("%s failed", entry.scene, exc_info=True)
         error = _describe(err)
-        ledger.mark_failed(entry.scene, run_id, error, seconds)
-        return SceneOutcome(entry.scene, "failed", seconds, error, ledger.get(entry.scene).attempts)
+        again = _transient(err) and attempts < retry.max_attempts
+        if not ledger.mark_failed(entry.scene, run_id, error, seconds, retry=again):
+            return _lost(entry, seconds, attempts)
+        if again:
+            return SceneOutcome(entry.scene, "retry", seconds, error, attempts,
+                                message=f"attempt {attempts} of {retry.max_attempts}; tried again after "
+                                        f"{retry.backoff_s * 2 ** (attempts - 1):g} s")
+        return SceneOutcome(entry.scene, "failed", seconds, error, attempts)
     written = {k: p for k, p in outputs.items() if k in result.sizes}
-    ledger.mark_done(entry.scene, run_id, written, result.sizes, seconds, result.predict_seconds, result.checksum,
-                     result.metrics, result.message)
+    if not ledger.mark_done(entry.scene, run_id, written, result.sizes, seconds, result.predict_seconds,
+                            result.checksum, result.metrics, result.message):
+        return _lost(entry, seconds, attempts)
     return SceneOutcome(entry.scene, "done", seconds, attempts=ledger.get(entry.scene).attempts, outputs=written,
                         message=result.message)
+
+
+def _lost(entry: InboxScene, seconds: float, attempts: int) -> SceneOutcome:
+    return SceneOutcome(entry.scene, "busy", seconds, attempts=attempts,
+                        message="another run took this scene over meanwhile (this run's lease ran out); "
+                                "its result was not recorded")
 
 
 # --------------------------------------------------------------------------------------------- watching

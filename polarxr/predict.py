@@ -7,16 +7,15 @@ multiples of the model's downsampling factor, and the image edge is handled exac
 run handles it (zero padding at the end only), the blockwise result equals a whole-array run of the same
 model for any chunking, up to float rounding.
 
-Workers compute; the client writes. Each finished block is written by the client into a staging
-GeoTIFF (classes) and the Zarr store (probabilities), then the GeoTIFF is copied into COG layout and
-both are renamed into place. No lock is shared between workers, so a worker that dies mid-run just has
-its tasks recomputed elsewhere, giving identical output.
+Workers compute and write; the client plans and commits. Each block's class map is compressed into COG
+tiles and its probabilities into Zarr chunks by the workers (:mod:`polarxr.io`), under temporary names that
+the client renames into place when every block is done. No lock is shared between workers, so a worker
+that dies mid-run just has its tasks recomputed elsewhere, giving identical output.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -25,24 +24,30 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-import rasterio
 import torch
 import xarray as xr
-import zarr
 
+from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
-from polarxr.io import STAGING_OPTIONS, atomic_path, cog_staging
+from polarxr.io import as_path, local_copy, output_lock
 from polarxr.patches import normalise as normalise_patch
-from polarxr.scenes import ensure_not_empty, open_scene, valid_pixels
+from polarxr.scenes import ensure_not_empty, open_scene
 
 #: Default chunk edge (px) of blockwise inference; a multiple of every model's downsampling factor.
 DEFAULT_CHUNK = 2048
+#: Per worker device: default chunk edge (px). On a GPU, 6144 px blocks keep the halo of the default
+#: U-Net (224 px) to (6144 + 448)^2 / 6144^2 = +15 % of the pixels.
+DEFAULT_CHUNKS: dict[str, int] = {"cpu": DEFAULT_CHUNK, "cuda": 6144}
 #: Per device: (edge in px of the tiles a block is segmented in, tiles per forward pass). Small tiles
-#: one at a time keep a CPU worker's activations to a few hundred MB; a GPU wants large batched work.
+#: one at a time keep a CPU worker's activations to a few hundred MB; a GPU runs a block as one window
+#: (a multi-looking U-Net's tiles cover ``pool`` x more ground), and windows of a block cut in smaller
+#: tiles (``--tile``) go through in batches of ``batch_size``.
 DEFAULT_TILING: dict[str, tuple[int, int]] = {"cpu": (512, 1), "cuda": (2048, 4)}
-#: Probabilities are stored as uint8: p * 255, rounded.
-PROBABILITY_SCALE = 255
+#: Probabilities are stored as uint8: p * 254, rounded; 255 marks pixels without data (CF ``_FillValue``,
+#: ``scale_factor`` 1/254: ``xr.open_zarr`` decodes them to 0..1 and NaN).
+PROBABILITY_SCALE = 254
+PROBABILITY_FILL = 255
 
 
 @dataclass
@@ -60,22 +65,24 @@ class PredictionResult:
 
 
 # --------------------------------------------------------------------------------------------- model
-@functools.lru_cache(maxsize=4)
-def _cached_model(checkpoint: str, mtime_ns: int, device: str) -> tuple[torch.nn.Module, dict]:
-    from polarxr.train import load_checkpoint
+@functools.cache
+def model_cache() -> ModelCache:
+    """This process's (worker's) models: loaded once per checkpoint version and device, then reused."""
+    return ModelCache()
 
-    return load_checkpoint(checkpoint, device=device)
 
+def worker_model(checkpoint: str | Path, version: str | None = None, device: str | None = None
+                 ) -> tuple[torch.nn.Module, dict]:
+    """The model of ``checkpoint`` at ``version`` on this process's device, from :func:`model_cache`.
 
-def worker_model(checkpoint: str | Path, device: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of ``checkpoint`` on this process's device, loaded once per process (worker) and reused.
-
-    Tasks carry only the checkpoint path, never the weights; the cache key includes the file's mtime so a
-    retrained checkpoint at the same path is picked up.
+    Tasks carry the checkpoint's path and the version the client fixed, never the weights; a file that no
+    longer holds that version raises :class:`~polarxr.checkpoints.CheckpointChanged`. Without
+    ``version``, the file's current version.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = os.fspath(checkpoint)
-    return _cached_model(path, os.stat(path).st_mtime_ns, device)
+    path = local_copy(checkpoint)  # a checkpoint on object storage is fetched once per machine
+    version = version or checkpoint_version(path)
+    return model_cache().get(path, version, device)
 
 
 def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
@@ -103,16 +110,36 @@ def _pad_end(image: np.ndarray, multiple: int) -> np.ndarray:
     return image
 
 
+def _to_device(batch: np.ndarray, device: str) -> torch.Tensor:
+    tensor = torch.from_numpy(batch)
+    if device.startswith("cuda"):  # page-locked host memory: an asynchronous copy at full bus speed
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _device_encode(probs: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(n, 1 + class, y, x)`` on the device: the argmax class, then probabilities x 254, rounded.
+
+    The same float32 operations as :func:`encode_probabilities` on the host (round half to even, first
+    maximum on ties), so CPU results are identical whichever side encodes.
+    """
+    classes = probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+    scaled = torch.round(probs * PROBABILITY_SCALE).to(torch.uint8)
+    return torch.cat([classes, scaled], dim=1)
+
+
 @torch.inference_mode()
-def _forward(model: torch.nn.Module, batch: np.ndarray, device: str) -> np.ndarray:
-    """Softmax probabilities ``(n, class, y, x)`` of a batch ``(n, band, y, x)``."""
-    tensor = torch.from_numpy(batch).to(device)
+def _forward(model: torch.nn.Module, batch: np.ndarray, device: str, encode: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(n, class, y, x)`` float32 of a batch ``(n, band, y, x)``; with ``encode``, the
+    uint8 encoding of :func:`_device_encode`, computed on the device so that only uint8 comes back."""
+    tensor = _to_device(batch, device)
     if device.startswith("cuda"):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(tensor)
     else:
         logits = model(tensor)
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    probs = torch.softmax(logits.float(), dim=1)
+    return (_device_encode(probs) if encode else probs).cpu().numpy()
 
 
 def segment_array(model: torch.nn.Module, image: np.ndarray, multiple: int, device: str = "cpu") -> np.ndarray:
@@ -133,8 +160,9 @@ def _classify_patches(model: torch.nn.Module, image: np.ndarray, patch: int, dev
     return np.repeat(np.repeat(grid, patch, axis=1), patch, axis=2)[:, :height, :width]
 
 
-def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size) -> np.ndarray:
-    """Probabilities of the ``core`` window ``((y0, y1), (x0, x1))`` of an extended block, tile by tile.
+def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size, encode: bool = False) -> np.ndarray:
+    """Probabilities of the ``core`` window ``((y0, y1), (x0, x1))`` of an extended block, tile by tile
+    (float32 ``(class, y, x)``, or with ``encode`` uint8 ``(1 + class, y, x)`` encoded on the device).
 
     Every tile is run on its core plus up to ``halo`` px of real context on each side (less only at the
     image edge), padded at the end to ``multiple``, and cropped back; tiles of equal shape are batched.
@@ -150,11 +178,11 @@ def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
             window = _pad_end(image[:, wy0:wy1, wx0:wx1], multiple)
             crop = (slice(ty - wy0, ey - wy0), slice(tx - wx0, ex - wx0))
             jobs.setdefault(window.shape, []).append((window, crop, (ty - cy0, ey - cy0, tx - cx0, ex - cx0)))
-    out = np.zeros((N_CLASSES, cy1 - cy0, cx1 - cx0), dtype=np.float32)
+    out = np.zeros((N_CLASSES + encode, cy1 - cy0, cx1 - cx0), dtype=np.uint8 if encode else np.float32)
     for group in jobs.values():
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
-            probs = _forward(model, np.stack([window for window, _, _ in chunk]), device)
+            probs = _forward(model, np.stack([window for window, _, _ in chunk]), device, encode)
             for p, (_, crop, (oy0, oy1, ox0, ox1)) in zip(probs, chunk):
                 out[:, oy0:oy1, ox0:ox1] = p[:, crop[0], crop[1]]
     return out
@@ -163,14 +191,18 @@ def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
 def _probabilities_block(
     block: np.ndarray,
     checkpoint: str,
+    version: str,
     nodata: float | None,
     halo: int,
     tile: int | None,
     batch_size: int | None,
+    encode: bool = False,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata)."""
-    model, meta = worker_model(checkpoint)
+    """map_overlap kernel: float32 probabilities ``(class, y, x)`` of one block's core (0 on nodata), by the
+    model of ``checkpoint`` at ``version``, or with ``encode`` the stored uint8 ``(1 + class, y, x)`` (class,
+    then p x 254; 255 on nodata), encoded on the worker's device."""
+    model, meta = worker_model(checkpoint, version)
     device = next(model.parameters()).device.type
     default_tile, default_batch = DEFAULT_TILING.get(device, DEFAULT_TILING["cpu"])
     batch_size = batch_size or default_batch
@@ -184,26 +216,33 @@ def _probabilities_block(
     image, valid = normalise(block, meta, nodata)
     core_valid = valid[top:top + core_h, left:left + core_w]
     if not core_valid.any():
+        if encode:
+            return np.full((1 + N_CLASSES, core_h, core_w), PROBABILITY_FILL, dtype=np.uint8)
         return np.zeros((N_CLASSES, core_h, core_w), dtype=np.float32)
     if meta["model_config"]["name"] == "patchcnn":
         probs = _classify_patches(model, image, int(meta.get("patch_size", 64)), device, batch_size)
+        if encode:
+            probs = encode_probabilities(probs)
     else:
         _, multiple = _geometry(model, meta)
         # a multi-looking U-Net works on pool x pool coarser pixels: its tiles cover pool x more ground
         tile = tile or default_tile * int(getattr(model, "pool", 1))
         tile = max(multiple, tile // multiple * multiple)
         core = ((top, top + core_h), (left, left + core_w))
-        probs = _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size)
-    probs[:, ~core_valid] = 0.0
+        probs = _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size, encode)
+    if encode:
+        probs[0, ~core_valid] = NO_LABEL
+        probs[1:, ~core_valid] = PROBABILITY_FILL
+    else:
+        probs[:, ~core_valid] = 0.0
     return probs
 
 
-def _encode_block(probs: np.ndarray, block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """uint8 ``(1 + class, y, x)``: row 0 the class (255 on nodata), then probabilities x 255."""
-    valid = valid_pixels(block, nodata)
-    classes = np.where(valid, probs.argmax(axis=0), NO_LABEL).astype(np.uint8)
+def encode_probabilities(probs: np.ndarray) -> np.ndarray:
+    """uint8 ``(1 + class, y, x)`` of float32 probabilities ``(class, y, x)``: the argmax class, then p x 254
+    rounded half to even (the host twin of the device encoding)."""
+    classes = probs.argmax(axis=0).astype(np.uint8)
     scaled = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
-    scaled[:, ~valid] = 0
     return np.concatenate([classes[None], scaled])
 
 
@@ -224,13 +263,22 @@ def _edge_chunks(size: int, chunk: int, halo: int) -> tuple[int, ...]:
 
 
 def _check_compatible(scene: xr.DataArray, meta: dict, checkpoint: Path) -> None:
+    """:class:`ModelError` unless the scene's bands, units, dtype, polarisations and DN scaling are those
+    the checkpoint was trained on (:mod:`polarxr.radiometry`; fields a checkpoint lacks are not compared)."""
+    from polarxr.radiometry import differences, radiometry
+
     expected = list(meta["band_names"])
     actual = [str(b) for b in scene.band.values]
+    source = scene.attrs.get("source")
     if expected != actual:
-        raise ModelError(
-            checkpoint,
-            f"was trained on bands {expected} but scene {scene.attrs.get('source')} has bands {actual}",
-        )
+        hint = ""
+        if scene.attrs.get("band_source") in ("unknown", "product name") and len(expected) == len(actual):
+            hint = f" (found from its {'layout' if scene.attrs['band_source'] == 'unknown' else 'product name'}; " \
+                   f"if they are {','.join(expected)}, say so with --bands {','.join(expected)})"
+        raise ModelError(checkpoint, f"was trained on bands {expected} but scene {source} has bands {actual}{hint}")
+    problems = differences(meta.get("radiometry"), radiometry(scene))
+    if problems:
+        raise ModelError(checkpoint, f"does not fit scene {source}: " + "; ".join(problems))
 
 
 def probabilities(
@@ -240,6 +288,8 @@ def probabilities(
     tile: int | None = None,
     batch_size: int | None = None,
     seamless: bool = True,
+    encode: bool = False,
+    version: str | None = None,
 ) -> xr.DataArray:
     """Lazy float32 class probabilities ``DataArray(class, y, x)`` of a scene, on its grid and CRS.
 
@@ -247,9 +297,13 @@ def probabilities(
     each block sees a halo of at least the model's receptive field, so the result does not depend on
     ``chunk``. ``tile``/``batch_size`` default per worker device (:data:`DEFAULT_TILING`).
     ``seamless=False`` drops the halo: faster, but blocks show seams (previews, benchmarks).
+    ``encode=True``: the stored form instead, uint8 ``(1 + class, y, x)`` (class map, then p x 254; 255 on
+    nodata), computed on each worker's device so that only uint8 leaves a GPU.
+    ``version``: the checkpoint version every block must use (default: the file's version now).
     """
-    checkpoint = Path(checkpoint)
-    model, meta = worker_model(checkpoint, device="cpu")
+    checkpoint = as_path(checkpoint)
+    version = version or checkpoint_version(local_copy(checkpoint))
+    model, meta = worker_model(checkpoint, version, device="cpu")
     _check_compatible(scene, meta, checkpoint)
     halo, multiple = _geometry(model, meta)
     if not seamless:  # a preview (and the benchmarks' baseline): no halo, seams at block edges
@@ -267,79 +321,92 @@ def probabilities(
         boundary="none",
         trim=False,
         allow_rechunk=False,
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
-        chunks=((N_CLASSES,), data.chunks[1], data.chunks[2]),
+        dtype=np.uint8 if encode else np.float32,
+        meta=np.empty((0, 0, 0), np.uint8 if encode else np.float32),
+        chunks=((N_CLASSES + encode,), data.chunks[1], data.chunks[2]),
         checkpoint=str(checkpoint),
+        version=version,
         nodata=scene.rio.nodata,
         halo=halo,
         tile=tile,
         batch_size=batch_size,
+        encode=encode,
     )
+    names = ["class"] * encode + [CLASS_NAMES[c] for c in range(N_CLASSES)]
     out = xr.DataArray(
         probs,
         dims=("class", "y", "x"),
-        coords={"class": np.array([CLASS_NAMES[c] for c in range(N_CLASSES)], dtype=object), "y": scene.y, "x": scene.x},
-        name="probability",
+        coords={"class": np.array(names, dtype=object), "y": scene.y, "x": scene.x},
+        name="encoded" if encode else "probability",
     )
     return out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
 
 
-def encoded_blocks(scene: xr.DataArray, probs: xr.DataArray) -> da.Array:
-    """uint8 ``(1 + class, y, x)`` dask array: the class map and the scaled probabilities, per block."""
-    data = scene.data.rechunk({0: -1, 1: probs.chunks[1], 2: probs.chunks[2]})
-    return da.map_blocks(
-        _encode_block,
-        probs.data,
-        data,
-        nodata=scene.rio.nodata,
-        dtype=np.uint8,
-        chunks=((1 + N_CLASSES,), probs.chunks[1], probs.chunks[2]),
-        meta=np.empty((0, 0, 0), np.uint8),
-    )
-
-
 # --------------------------------------------------------------------------------------------- writing
-class _SceneWriter:
-    """Client-side writer of one scene's outputs: staging GeoTIFF windows and Zarr regions.
+def class_map(scene: xr.DataArray, encoded: da.Array) -> xr.DataArray:
+    """The class map ``DataArray(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) of the encoded blocks, on the scene's grid."""
+    out = xr.DataArray(encoded[0], dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
+    return out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
 
-    Both outputs live under temporary names until :meth:`close` with ``ok=True`` renames them into place;
-    ``ok=False`` removes them.
+
+def probability_dataset(scene: xr.DataArray, encoded: da.Array, chunk: int, tags: dict) -> xr.Dataset:
+    """The stored probabilities: ``probability (class, y, x)`` uint8, CF-encoded so that ``xr.open_zarr`` decodes
+    them to floats 0..1 (NaN where the scene has no data) with the scene's CRS (``grid_mapping``).
+
+    Zarr chunks are ``chunk`` px; every dask block covers whole Zarr chunks, so each task writes its own.
     """
+    probs = xr.DataArray(
+        encoded[1:], dims=("class", "y", "x"), name="probability",
+        coords={"class": np.array([CLASS_NAMES[c] for c in range(N_CLASSES)], dtype=object), "y": scene.y, "x": scene.x},
+    )
+    probs = probs.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
+    probs.attrs.update(scale_factor=np.float32(1 / PROBABILITY_SCALE), add_offset=np.float32(0),
+                       _FillValue=np.uint8(PROBABILITY_FILL), units="1", long_name="class probability", **tags)
+    probs.encoding["chunks"] = (N_CLASSES, min(chunk, scene.sizes["y"]), min(chunk, scene.sizes["x"]))
+    return probs.to_dataset()
 
-    def __init__(self, scene: xr.DataArray, probs: xr.DataArray, out_tif: Path, out_zarr: Path | None, tags: dict):
-        self.scene, self.out_tif, self.out_zarr = scene, out_tif, out_zarr
-        self._outputs = ExitStack()
-        staging = self._outputs.enter_context(cog_staging(out_tif))
-        profile = dict(driver="GTiff", width=scene.sizes["x"], height=scene.sizes["y"], count=1, dtype="uint8",
-                       nodata=NO_LABEL, crs=scene.rio.crs, transform=scene.rio.transform(), **STAGING_OPTIONS)
-        self._tif = rasterio.open(staging, "w", **profile)
-        self._tif.update_tags(**tags)
-        self._tif.set_band_description(1, "class (0 land, 1 sea, 2 ice, 255 nodata)")
-        self._zarr = None
+
+def _block_done(block: np.ndarray) -> np.ndarray:
+    return np.zeros((1, 1, 1), np.uint8)
+
+
+@dataclass
+class _ScenePlan:
+    """One scene's graph: its outputs (under temporary names until committed) and per-block markers."""
+
+    scene: xr.DataArray
+    out_tif: Path | str
+    out_zarr: Path | str | None
+    writes: list
+    markers: list
+    locations: list
+    outputs: ExitStack
+
+
+def _plan_scene(scene: xr.DataArray, encoded: da.Array, out_tif, out_zarr, tags: dict, chunk: int) -> _ScenePlan:
+    """Build the writes of one scene: the class COG and the probability Zarr, both written by the workers."""
+    from polarxr.io import atomic_path, cog_graph, zarr_graph
+
+    outputs = ExitStack()
+    try:
+        tmp_tif = outputs.enter_context(atomic_path(out_tif))
+        writes = [cog_graph(class_map(scene, encoded), tmp_tif, nodata=NO_LABEL, tags=tags,
+                            description="class (0 land, 1 sea, 2 ice, 255 nodata)")]
         if out_zarr is not None:
-            tmp = self._outputs.enter_context(atomic_path(out_zarr))
-            # uniform Zarr chunks (the last dask chunk may be wider); the client is the only writer
-            uniform = {"y": probs.chunks[1][0], "x": probs.chunks[2][0]}
-            template = xr.zeros_like(probs, dtype=np.uint8).chunk(uniform).to_dataset(name="probability")
-            template["probability"].attrs.update(scale=1 / PROBABILITY_SCALE, units="1", **tags)
-            template.to_zarr(tmp, mode="w", zarr_format=3, compute=False, consolidated=False)
-            self._zarr = zarr.open_array(tmp / "probability", mode="r+")
-
-    def write(self, location: tuple[slice, slice], encoded: np.ndarray) -> None:
-        ys, xs = location
-        window = rasterio.windows.Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-        self._tif.write(encoded[0], 1, window=window)
-        if self._zarr is not None:
-            self._zarr[:, ys, xs] = encoded[1:]
-
-    def close(self, ok: bool) -> None:
-        self._tif.close()
-        if ok:
-            self._outputs.close()
-        else:
-            failure = RuntimeError("prediction failed")
-            self._outputs.__exit__(RuntimeError, failure, None)
+            tmp_zarr = outputs.enter_context(atomic_path(out_zarr))
+            writes.append(zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr))
+    except BaseException:
+        outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)
+        raise
+    # a tiny task per block: progress as blocks finish, and the block's place when one fails
+    markers = encoded.map_blocks(_block_done, chunks=(1, 1, 1), dtype=np.uint8).to_delayed()
+    y_edges = np.cumsum((0,) + encoded.chunks[1])
+    x_edges = np.cumsum((0,) + encoded.chunks[2])
+    flat, locations = [], []
+    for (_, i, j), marker in np.ndenumerate(markers):
+        flat.append(marker)
+        locations.append((slice(int(y_edges[i]), int(y_edges[i + 1])), slice(int(x_edges[j]), int(x_edges[j + 1]))))
+    return _ScenePlan(scene, out_tif, out_zarr, writes, flat, locations, outputs)
 
 
 def predict_scenes(
@@ -347,7 +414,7 @@ def predict_scenes(
     checkpoint: str | Path,
     out_dir: str | Path,
     client=None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     probabilities_out: bool = True,
     charts: Sequence[str | Path | None] | None = None,
     quicklooks: bool = True,
@@ -355,20 +422,26 @@ def predict_scenes(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> list[PredictionResult]:
     """Segment many scenes as one dask graph (many scenes in flight) into ``out_dir/<scene>.*``.
 
     Per scene: ``<stem>_class.tif`` (COG, uint8 L=0 W=1 I=2 255 nodata, the scene's grid and CRS),
-    ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 255), ``<stem>_quicklook.png`` and, where a
+    ``<stem>_probability.zarr`` (uint8 ``(class, y, x)``, p x 254, 255 nodata; CF-decodable), ``<stem>_quicklook.png`` and, where a
     chart is given, metrics against it. ``progress(done, total)`` is called as blocks complete.
+    ``model_version``: the checkpoint version to use (default: the file's version when the run starts);
+    every block of every scene is made by that version, or the run fails. ``bands``: the scenes' band
+    names where the files do not say (:func:`polarxr.scenes.identify_bands`).
     """
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     charts = list(charts) if charts is not None else [None] * len(scenes)
     outputs = []
     for path in scenes:
-        stem = Path(path).name.split(".")[0]
+        stem = as_path(path).name.split(".")[0]
         outputs.append((out_dir / f"{stem}_class.tif", out_dir / f"{stem}_probability.zarr" if probabilities_out else None))
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     results = _run(scenes, outputs, checkpoint, client, options, progress)
     for result, chart in zip(results, charts):
         _finish(result, chart, quicklooks)
@@ -381,77 +454,105 @@ def predict_scene(
     out_tif: str | Path,
     probabilities: str | Path | None = None,
     chart: str | Path | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     client=None,
     quicklook: str | Path | None = None,
     tile: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     seamless: bool = True,
+    model_version: str | None = None,
+    bands: Sequence[str] | None = None,
 ) -> PredictionResult:
-    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook, metrics)."""
-    outputs = [(Path(out_tif), Path(probabilities) if probabilities else None)]
-    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless)
+    """Segment one scene blockwise into a class COG at ``out_tif`` (and optional probability Zarr, quicklook,
+    metrics); ``model_version`` and ``bands`` as for :func:`predict_scenes`."""
+    outputs = [(as_path(out_tif), as_path(probabilities) if probabilities else None)]
+    options = dict(chunk=chunk, tile=tile, batch_size=batch_size, seamless=seamless, version=model_version,
+                   bands=bands)
     (result,) = _run([scene_path], outputs, checkpoint, client, options, progress)
     _finish(result, chart, quicklook)
     return result
 
 
-def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
-    from distributed import as_completed
+def default_chunk(client) -> int:
+    """:data:`DEFAULT_CHUNKS` of the cluster's workers: the GPU size when every worker has a GPU."""
+    from polarxr.cluster import worker_device
 
-    from polarxr import __version__
+    try:
+        devices = set(client.run(worker_device).values())
+    except (OSError, AttributeError, ValueError):
+        devices = {"cpu"}
+    return DEFAULT_CHUNKS["cuda"] if devices == {"cuda"} else DEFAULT_CHUNKS["cpu"]
+
+
+def _run(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
     from polarxr.cluster import get_client
 
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)
     if not checkpoint.exists():
         raise ModelError(checkpoint, "checkpoint file does not exist")
     if client is None:
         with get_client() as local_client:
             return _run(scenes, outputs, checkpoint, local_client, options, progress)
-    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name}
+    if options["chunk"] is None:
+        options = {**options, "chunk": default_chunk(client)}
+    # one model version for the whole run, fixed here on the client: every block's task carries it
+    options = {**options, "version": options.get("version") or checkpoint_version(checkpoint)}
+    with output_lock([p for pair in outputs for p in pair]):
+        return _run_locked(scenes, outputs, checkpoint, client, options, progress)
+
+
+def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) -> list[PredictionResult]:
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    from polarxr import __version__
+
+    options = dict(options)
+    bands = options.pop("bands", None)
+    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"]}
     started = time.perf_counter()
-    plans, futures, where = [], [], {}
+    plans: list[_ScenePlan] = []
     try:
-        for index, (scene_path, (out_tif, out_zarr)) in enumerate(zip(scenes, outputs)):
-            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]})
+        for scene_path, (out_tif, out_zarr) in zip(scenes, outputs):
+            scene = open_scene(scene_path, chunks={"band": -1, "y": options["chunk"], "x": options["chunk"]},
+                               bands=bands)
             ensure_not_empty(scene)
-            probs = probabilities(scene, checkpoint, **options)
-            encoded = encoded_blocks(scene, probs)
-            plans.append(_SceneWriter(scene, probs, Path(out_tif), out_zarr, tags))
-            y_edges = np.cumsum((0,) + encoded.chunks[1])
-            x_edges = np.cumsum((0,) + encoded.chunks[2])
-            blocks = encoded.to_delayed()
-            for (_, i, j), block in np.ndenumerate(blocks):
-                where_key = len(futures)
-                futures.append(block)
-                where[where_key] = (index, (slice(y_edges[i], y_edges[i + 1]), slice(x_edges[j], x_edges[j + 1])))
-        submitted = client.compute(futures, retries=2)
-        index_of = {f.key: k for k, f in enumerate(submitted)}
-        for done, future in enumerate(as_completed(submitted), start=1):
-            scene_index, location = where[index_of[future.key]]
+            encoded = probabilities(scene, checkpoint, encode=True, **options).data
+            plans.append(_plan_scene(scene, encoded, out_tif, out_zarr, tags, options["chunk"]))
+        # one graph for every scene: the writes (which compute the blocks) and a marker per block
+        all_writes = [w for plan in plans for w in plan.writes]
+        futures = client.compute(all_writes + [m for plan in plans for m in plan.markers], retries=2)
+        writes, markers = futures[:len(all_writes)], futures[len(all_writes):]
+        where = [(plan, location) for plan in plans for location in plan.locations]
+        index_of = {f.key: k for k, f in enumerate(markers)}
+        for done, future in enumerate(as_completed(markers), start=1):
+            plan, (ys, xs) = where[index_of[future.key]]
             try:
-                encoded_block = future.result()
+                future.result()
+            except (CheckpointChanged, FutureCancelledError, CommClosedError):
+                raise  # a replaced checkpoint or a lost scheduler: not a problem of the scene
             except Exception as err:  # a block failed on a worker even after retries: name the scene
-                ys, xs = location
-                raise SceneError(plans[scene_index].scene.attrs["source"],
+                raise SceneError(plan.scene.attrs["source"],
                                  f"segmentation failed in rows {ys.start}-{ys.stop}, columns {xs.start}-{xs.stop}: "
                                  f"{type(err).__name__}: {err}") from err
-            plans[scene_index].write(location, encoded_block)
             future.release()
             if progress:
-                progress(done, len(submitted))
+                progress(done, len(markers))
+        for future in writes:
+            future.result()
     except BaseException:
         for plan in plans:
-            plan.close(ok=False)
+            plan.outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)
         raise
-    for plan in plans:
-        plan.close(ok=True)
+    for plan in plans:  # the client commits: a rename (or, on object storage, a copy with metadata last)
+        plan.outputs.close()
     seconds = time.perf_counter() - started
     total_px = sum(p.scene.sizes["y"] * p.scene.sizes["x"] for p in plans)
     return [
         PredictionResult(
-            scene=Path(p.scene.attrs["source"]),
+            scene=as_path(p.scene.attrs["source"]),
             class_map=p.out_tif,
             probabilities=p.out_zarr,
             seconds=seconds * (p.scene.sizes["y"] * p.scene.sizes["x"]) / max(total_px, 1),
@@ -467,12 +568,12 @@ def _finish(result: PredictionResult, chart: str | Path | None, quicklook: str |
     if quicklook:
         from polarxr.quicklook import class_quicklook
 
-        target = Path(quicklook) if not isinstance(quicklook, bool) else result.class_map.with_name(
+        target = as_path(quicklook) if not isinstance(quicklook, bool) else result.class_map.with_name(
             result.class_map.name.replace("_class.tif", "_quicklook.png"))
-        class_quicklook(result.class_map, target, scene=result.scene)
+        class_quicklook(str(result.class_map), target, scene=str(result.scene))
         result.quicklook = target
     if chart:
         from polarxr.evaluate import evaluate_prediction
 
-        result.metrics = evaluate_prediction(result.class_map, chart)
+        result.metrics = evaluate_prediction(str(result.class_map), chart)
 

@@ -23,8 +23,8 @@ from rasterio.enums import Resampling
 
 from polarxr.classes import CLASS_CODES, CLASS_COLOURS, CLASS_NAMES, NO_LABEL
 from polarxr.errors import SceneError
-from polarxr.io import atomic_path
-from polarxr.scenes import parse_product_name
+from polarxr.io import as_path, atomic_path, open_binary
+from polarxr.scenes import parse_product_name, valid_pixels
 
 _DPI = 100
 _GAP = 0.01  # gap between two panels, as a fraction of the figure width
@@ -45,19 +45,19 @@ class _View:
 def _file_of(source: xr.DataArray) -> Path | None:
     """The GeoTIFF behind a DataArray when it still matches the file's grid (so it can be read decimated)."""
     path = source.attrs.get("source")
-    if not path or not Path(path).is_file():
+    if not path or not as_path(path).is_file():
         return None
-    with rasterio.open(path) as src:
+    with rasterio.open(str(path)) as src:
         same = (src.height, src.width) == (source.sizes["y"], source.sizes["x"])
         bands = source.sizes.get("band", 1)
-        return Path(path) if same and bands == src.count else None
+        return as_path(path) if same and bands == src.count else None
 
 
 def _read_file(path: Path, max_side: int, resampling: Resampling) -> _View:
     if not path.exists():
         raise SceneError(path, "file does not exist")
     try:
-        src = rasterio.open(path)
+        src = rasterio.open(str(path))
     except rasterio.errors.RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
     with src:
@@ -90,15 +90,11 @@ def _view(source: str | Path | xr.DataArray, max_side: int, resampling: Resampli
     if isinstance(source, xr.DataArray):
         path = _file_of(source)
         return _read_file(path, max_side, resampling) if path else _read_array(source, max_side)
-    return _read_file(Path(source), max_side, resampling)
+    return _read_file(as_path(source), max_side, resampling)
 
 
 def _valid(view: _View) -> np.ndarray:
-    data = view.data
-    invalid = np.isnan(data) if np.issubdtype(data.dtype, np.floating) else np.zeros(data.shape, bool)
-    if view.nodata is not None and not np.isnan(view.nodata):
-        invalid |= data == view.nodata
-    return ~invalid.all(axis=0)
+    return valid_pixels(view.data, view.nodata)
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -216,9 +212,9 @@ def _show(ax, image: np.ndarray, extent: tuple[float, float, float, float]) -> N
 
 
 def _save(figure: Figure, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI, facecolor="white")
+    out_png = as_path(out_png)
+    with atomic_path(out_png) as tmp, open_binary(tmp, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=_DPI, facecolor="white")
     return out_png
 
 
@@ -259,4 +255,51 @@ def class_quicklook(class_map: str | Path | xr.DataArray, out_png: str | Path,
         _show(axes[0], _scene_rgba(scene_view), scene_view.extent)
     _show(axes[-1], _class_rgba(classes), classes.extent)
     _legend(axes[-1], _class_patches(), max_side)
+    return _save(figure, out_png)
+
+
+#: Colours of the observation lines drawn by :func:`lines_quicklook`.
+LINE_COLOURS = {"coastline": "#ff7f0e", "ice_edge": "#00e5ff", "fronts": "#ff1744", "icebergs": "#ffee58"}
+
+
+def lines_quicklook(scene: str | Path | xr.DataArray, lines_gpkg: str | Path, out_png: str | Path,
+                    icebergs_gpkg: str | Path | None = None, max_side: int = 1024,
+                    window: tuple[float, float, float, float] | None = None) -> Path:
+    """PNG of a scene with its observation lines drawn over it: coastline, ice edge, calving fronts (and icebergs).
+
+    ``lines_gpkg`` holds the layers of :func:`polarxr.observations.boundaries.write_lines` (in the scene's
+    CRS); ``icebergs_gpkg`` the layer ``icebergs``. ``window`` (left, bottom, right, top in map units)
+    zooms onto part of the scene. The PNG's longer side is ``max_side`` px; written atomically.
+    """
+    view = _view(scene, max_side, Resampling.average)
+    extent = view.extent
+    if window is not None:
+        left, bottom, right, top = window
+        extent = (left, right, bottom, top)
+    h, w = view.data.shape[1:]
+    span_x, span_y = extent[1] - extent[0], extent[3] - extent[2]
+    shape = (h, w) if window is None else (max(1, round(max_side * span_y / max(span_x, span_y))),
+                                           max(1, round(max_side * span_x / max(span_x, span_y))))
+    figure, (ax,) = _figure(shape, 1, max_side, [_title(view.name), f"lines: {Path(lines_gpkg).name}"])
+    _show(ax, _scene_rgba(view), view.extent)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    handles = []
+    width = max(0.8, max_side / 900)
+    for layer, label in (("coastline", "coastline"), ("ice_edge", "ice edge"), ("fronts", "calving fronts")):
+        try:
+            frame = gpd.read_file(lines_gpkg, layer=layer)
+        except Exception:  # a missing layer: nothing to draw
+            continue
+        if len(frame):
+            frame.plot(ax=ax, color=LINE_COLOURS[layer], linewidth=width * (2 if layer == "fronts" else 1))
+        handles.append(Line2D([], [], color=LINE_COLOURS[layer], linewidth=2, label=f"{label} ({len(frame)})"))
+    if icebergs_gpkg is not None:
+        bergs = gpd.read_file(icebergs_gpkg, layer="icebergs")
+        if len(bergs):
+            bergs.plot(ax=ax, color=LINE_COLOURS["icebergs"], markersize=max(2, max_side / 250), marker="o")
+        handles.append(Line2D([], [], color=LINE_COLOURS["icebergs"], marker="o", linestyle="none",
+                              label=f"icebergs ({len(bergs)})"))
+    ax.set_axis_off()
+    _legend(ax, handles, max_side)
     return _save(figure, out_png)

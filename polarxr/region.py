@@ -67,10 +67,21 @@ def bounds_footprint(bounds: tuple[float, float, float, float], crs: CRS | str, 
     return shapely.Polygon(np.column_stack([lon, lat]))
 
 
-def check_intersects(region: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], crs: CRS | str,
-                     what: str | Path) -> None:
-    """Raise :class:`RegionError` naming ``what`` when the rectangle ``bounds`` in ``crs`` misses ``region``."""
-    if not reproject_region(region, crs).geometry.iloc[0].intersects(shapely.box(*bounds)):
+def lonlat_footprint(geometry: shapely.Geometry, crs: CRS | str, points_per_side: int = 21) -> shapely.Geometry:
+    """A (Multi)Polygon in ``crs`` as WGS84 lon/lat, its edges densified (about ``points_per_side`` points
+    per side of its bounding box) so that curved outlines of the polar stereographic grid are followed."""
+    left, bottom, right, top = geometry.bounds
+    dense = shapely.segmentize(geometry, max_segment_length=max(right - left, top - bottom, 1e-9) / (points_per_side - 1))
+    transformer = Transformer.from_crs(CRS.from_user_input(crs), WGS84, always_xy=True)
+    return shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
+def check_intersects(region: gpd.GeoDataFrame, footprint: tuple[float, float, float, float] | shapely.Geometry,
+                     crs: CRS | str, what: str | Path) -> None:
+    """Raise :class:`RegionError` naming ``what`` when ``footprint`` (a geometry, or the rectangle of bounds
+    left, bottom, right, top) in ``crs`` misses ``region``."""
+    shape = shapely.box(*footprint) if isinstance(footprint, tuple) else footprint
+    if shape is None or not reproject_region(region, crs).geometry.iloc[0].intersects(shape):
         lon_lat = np.round(region.to_crs(WGS84).total_bounds, 2)
         raise RegionError(what, f"lies outside the region of interest {region.attrs.get('source', '')} "
                                 f"(region lon/lat bounds {tuple(lon_lat.tolist())})")

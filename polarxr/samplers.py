@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import dask.array as da
 import numpy as np
@@ -36,7 +36,7 @@ import xarray as xr
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES
 from polarxr.errors import CubeError
-from polarxr.patches import masked_labels
+from polarxr.patches import PatchPositions, masked_labels
 
 MODES = ("random", "grid")
 #: Code of scene-nodata pixels in the per-chunk eligibility input (labels use 0-2 and 255).
@@ -106,39 +106,6 @@ class SamplerConfig:
         else:
             out.pop("stride")
         return out
-
-
-@dataclass
-class PatchPositions:
-    """The patches chosen in one scene, in storage order (by chunk row-major, then row, col).
-
-    ``row``/``col``: top-left pixel (int32); ``label``: centre class (uint8); ``block``: index of the
-    chunk (of ``core_chunks``) holding the top-left pixel. ``eligible``: eligible positions per class;
-    ``requested``/``accepted``: patches per class asked for and obtained (random mode); ``tries``: the
-    seed's draws simulated (None without ``max_tries``).
-    """
-
-    row: np.ndarray
-    col: np.ndarray
-    label: np.ndarray
-    block: np.ndarray
-    core_chunks: tuple[tuple[int, ...], tuple[int, ...]]
-    eligible: dict[int, int]
-    requested: dict[int, int] | None
-    accepted: dict[int, int]
-    tries: int | None = None
-    shortfall: dict[int, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    def summary(self) -> dict:
-        """JSON-ready record of the draw (keys are class codes as strings)."""
-        def codes(d):
-            return None if d is None else {str(k): int(v) for k, v in d.items()}
-
-        return {"eligible": codes(self.eligible), "requested": codes(self.requested),
-                "accepted": codes(self.accepted), "tries": self.tries, "shortfall": codes(self.shortfall)}
 
 
 def scene_salt(seed: int, scene_name: str) -> int:

@@ -8,6 +8,7 @@ Nothing is read until a block is computed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from polarxr.errors import SceneError
+from polarxr.io import as_path, is_url
 
 #: Target chunk edge in pixels when the caller gives none; rounded to the file's tiles.
 DEFAULT_CHUNK = 2048
@@ -116,25 +118,61 @@ def default_chunks(path: str | Path, target: int = DEFAULT_CHUNK) -> dict[str, i
 
 
 def _open_raster(path: str | Path) -> rasterio.DatasetReader:
-    path = Path(path)
+    path = as_path(path)
     if not path.exists():
         raise SceneError(path, "file does not exist")
     try:
-        return rasterio.open(path)
+        return rasterio.open(str(path))
     except RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
 
 
-def _band_names(src: rasterio.DatasetReader) -> list[str]:
-    """Band names from the file's band descriptions, else by layout (2 float bands: HH, HV)."""
+#: Band names of the ExtremeEarth 8-bit rendering of a dual-polarisation product, by polarisation.
+_RENDERED_BANDS = {"HH+HV": ["HH", "HV", "HH-HV"], "VV+VH": ["VV", "VH", "VV-VH"]}
+
+
+def identify_bands(src: rasterio.DatasetReader, path: str | Path, bands: Sequence[str] | None = None
+                   ) -> tuple[list[str], str]:
+    """``(band names, how they were found)`` of an open raster.
+
+    In order: ``bands`` given by the user (``--bands HH,HV``; "option"), the file's band descriptions
+    ("descriptions"), the polarisations of the Sentinel-1 product name, with the 8-bit rendering's third
+    band their difference ("product name"); else ``band1``, ``band2``, ... ("unknown"), which no
+    checkpoint accepts, so a guess never passes for a fact.
+    """
+    if bands:
+        names = [str(b).strip() for b in bands]
+        if len(names) != src.count or len(set(names)) != len(names) or not all(names):
+            raise SceneError(path, f"has {src.count} band(s), but {len(names)} band name(s) were given "
+                                   f"({','.join(names)}); give one distinct name per band")
+        return names, "option"
     descriptions = list(src.descriptions)
     if all(descriptions) and len(set(descriptions)) == len(descriptions):
-        return [str(d) for d in descriptions]
-    if src.count == 2:
-        return ["HH", "HV"]
-    if src.count == 3 and src.dtypes[0] == "uint8":
-        return ["red", "green", "blue"]
-    return [f"band{i}" for i in range(1, src.count + 1)]
+        return [str(d) for d in descriptions], "descriptions"
+    try:
+        polarisation = parse_product_name(path).polarisation
+    except ValueError:
+        polarisation = None
+    if polarisation:
+        pols = polarisation.split("+")
+        if src.count == len(pols):
+            return pols, "product name"
+        if src.count == 3 and src.dtypes[0] == "uint8" and polarisation in _RENDERED_BANDS:
+            return list(_RENDERED_BANDS[polarisation]), "product name"
+    return [f"band{i}" for i in range(1, src.count + 1)], "unknown"
+
+
+def _scaling(src: rasterio.DatasetReader, names: list[str]) -> dict[str, dict[str, str]]:
+    """Per band, the DN scaling tags (``DB_MIN``/``DB_MAX``) and any non-trivial GDAL scale/offset."""
+    out = {}
+    for index, name in enumerate(names, start=1):
+        tags = {k: v for k, v in src.tags(index).items() if k in ("DB_MIN", "DB_MAX")}
+        scale, offset = src.scales[index - 1], src.offsets[index - 1]
+        if scale not in (None, 1.0) or offset not in (None, 0.0):
+            tags.update(SCALE=str(scale), OFFSET=str(offset))
+        if tags:
+            out[name] = tags
+    return out
 
 
 def _units(src: rasterio.DatasetReader) -> str:
@@ -146,23 +184,35 @@ def _units(src: rasterio.DatasetReader) -> str:
     return "dn" if src.dtypes[0] == "uint8" else "linear"
 
 
-def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> xr.DataArray:
+def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None,
+               bands: Sequence[str] | None = None) -> xr.DataArray:
     """Open a scene GeoTIFF lazily as a dask-backed ``DataArray(band, y, x)``.
 
     ``band`` holds band names (``HH``, ``HV``, ...); ``y``/``x`` are projected coordinates in metres of
     the file's CRS (kept by rioxarray, with the transform). Values stay in the file's dtype (uint8 DN or
     float32 sigma0); nodata stays in ``.rio.nodata`` (see :func:`valid_mask`). ``chunks`` is an int
     edge in pixels or a dict; by default whole multiples of the file's tiles near 2048 px.
-    Product-name fields are in ``attrs`` when the name is a Sentinel-1 product name.
+    Product-name fields are in ``attrs`` when the name is a Sentinel-1 product name; ``attrs`` also hold
+    ``units``, ``band_names``, ``band_source`` (:func:`identify_bands`; ``bands`` names them explicitly)
+    and ``scaling`` (DN scaling tags per band), which :mod:`polarxr.radiometry` compares.
+
+    A Sentinel-1 GRD product as delivered (a ``.SAFE`` folder or ``.zip``) is calibrated, denoised and
+    geocoded lazily onto the ExtremeEarth grid (:mod:`polarxr.ingest`): float32 linear sigma0, bands
+    named after its polarisations, NaN = no data.
     """
-    path = Path(path)
+    path = as_path(path)
+    from polarxr.ingest.safe import is_product
+
+    if not is_url(path) and is_product(path):  # products as delivered are read from local disk
+        return _open_product(path, chunks)
     with _open_raster(path) as src:
         if src.crs is None:
             raise SceneError(path, "has no CRS; a georeferenced scene is needed (e.g. polar stereographic)")
         if src.count < 1 or src.width < 1 or src.height < 1:
             raise SceneError(path, "has no pixels")
-        band_names = _band_names(src)
+        band_names, band_source = identify_bands(src, path, bands)
         units = _units(src)
+        scaling = _scaling(src, band_names)
         nodata = src.nodata
         dtype = src.dtypes[0]
     if chunks is None:
@@ -170,7 +220,7 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     elif isinstance(chunks, int):
         chunks = {"band": -1, "y": chunks, "x": chunks}
     try:
-        scene = rioxarray.open_rasterio(path, chunks=chunks, lock=False, masked=False)
+        scene = rioxarray.open_rasterio(str(path), chunks=chunks, lock=False, masked=False)
     except RasterioError as err:
         raise SceneError(path, f"not a readable GeoTIFF ({err})") from None
     scene = scene.assign_coords(band=band_names)
@@ -179,7 +229,7 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
         scene = scene.rio.write_nodata(0)
     scene.name = "backscatter"
     attrs = {k: v for k, v in scene.attrs.items() if k in {"_FillValue", "scale_factor", "add_offset"}}
-    attrs.update(source=str(path), units=units, band_names=band_names)
+    attrs.update(source=str(path), units=units, band_names=band_names, band_source=band_source, scaling=scaling)
     try:
         attrs.update(parse_product_name(path).attrs())
     except ValueError:
@@ -188,11 +238,34 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None) -> 
     return scene
 
 
+def _open_product(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArray:
+    from polarxr.ingest import geocode, open_product
+
+    edge = chunks if isinstance(chunks, int) else (chunks or {}).get("y", DEFAULT_CHUNK)
+    product = open_product(path)
+    scene = geocode(product, chunk=edge if edge and edge > 0 else DEFAULT_CHUNK)
+    scene.name = "backscatter"
+    scene.attrs = {"source": str(path), "units": "linear", "band_names": product.bands, **product.product.attrs()}
+    return scene
+
+
+def _product_measurement(path: str | Path) -> str:
+    """The GDAL path of a product's first measurement (what :func:`ensure_not_empty` samples)."""
+    from polarxr.ingest import open_product
+
+    product = open_product(path)
+    return product.polarisations[product.bands[0]].measurement
+
+
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
-    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data."""
+    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data.
+
+    A value holds no data when it equals the scene's nodata or is not finite: NaN, and ±inf too (a dB
+    export has -inf where linear sigma0 is 0).
+    """
     nodata = scene.rio.nodata
     floating = np.issubdtype(scene.dtype, np.floating)
-    invalid = scene.isnull() if floating else xr.zeros_like(scene, dtype=bool)
+    invalid = ~np.isfinite(scene) if floating else xr.zeros_like(scene, dtype=bool)
     if nodata is not None and not np.isnan(nodata):
         invalid = invalid | (scene == nodata)
     valid = ~invalid.all("band")
@@ -202,8 +275,8 @@ def valid_mask(scene: xr.DataArray) -> xr.DataArray:
 
 
 def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
-    """True where any band holds data (not ``nodata``, not NaN): :func:`valid_mask` for a numpy block."""
-    missing = np.isnan(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
+    """True where any band holds data (not ``nodata``, finite): :func:`valid_mask` for a numpy block."""
+    missing = ~np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         missing |= values == nodata
     return ~missing.all(axis=band_axis)
@@ -215,7 +288,11 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     Reads a decimated view (at most ``max_side`` px a side) through GDAL, so memory stays small.
     """
     path = scene.attrs.get("source")
-    with _open_raster(path) as src:
+    from polarxr.ingest.safe import is_product
+
+    product = path is not None and is_product(path)
+    # a delivered product: sample its measurement (0 = no data), opened by GDAL (inside a zip, too)
+    with (rasterio.open(_product_measurement(path)) if product else _open_raster(path)) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
         try:
@@ -227,6 +304,34 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
         raise SceneError(path, "is empty: every pixel is nodata")
 
 
+def valid_footprint(path: str | Path, max_side: int = 256):
+    """The outline of a raster's valid pixels as a shapely (Multi)Polygon in the file's CRS (metres), or None
+    when every pixel is nodata.
+
+    Traced on a decimated view (at most ``max_side`` px a side, nearest neighbour) and grown by one of
+    its pixels, so it covers every valid pixel up to that resolution: the swath, not the file's rectangle
+    (an EW swath fills only part of its north-up rectangle). ``uint8`` files without a nodata tag use 0.
+    """
+    import shapely
+    from rasterio.features import shapes
+
+    with _open_raster(path) as src:
+        factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
+        shape = (src.count, max(1, -(-src.height // factor)), max(1, -(-src.width // factor)))
+        try:
+            sample = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        except RasterioError as err:
+            raise SceneError(path, f"is corrupt: its pixels cannot be read ({err})") from None
+        nodata = src.nodata if src.nodata is not None else (0 if src.dtypes[0] == "uint8" else None)
+        transform = src.transform * src.transform.scale(src.width / shape[2], src.height / shape[1])
+    valid = valid_pixels(sample, nodata)
+    if not valid.any():
+        return None
+    polygons = [shapely.geometry.shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid, transform=transform)]
+    step = max(abs(transform.a), abs(transform.e))
+    return shapely.union_all(polygons).buffer(step, join_style="mitre").simplify(step / 2)
+
+
 def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) -> pd.DataFrame:
     """List the scene GeoTIFFs of a folder with their product metadata and matching ice charts.
 
@@ -234,10 +339,10 @@ def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) 
     (default: the scenes folder); ``chart`` is None where there is none. Sorted by start time;
     files whose names are not Sentinel-1 product names are listed with their path only.
     """
-    scenes_dir = Path(scenes_dir)
+    scenes_dir = as_path(scenes_dir)
     if not scenes_dir.is_dir():
         raise SceneError(scenes_dir, "is not a folder of scenes")
-    charts_dir = Path(charts_dir) if charts_dir is not None else scenes_dir
+    charts_dir = as_path(charts_dir) if charts_dir is not None else scenes_dir
     charts = {p.name.lower(): p for p in charts_dir.glob("*.shp")} if charts_dir.is_dir() else {}
     rows = []
     for path in sorted(scenes_dir.glob("*.tif")) + sorted(scenes_dir.glob("*.tiff")):

@@ -54,7 +54,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from polarxr.classes import CLASS_CODES, N_CLASSES, NO_LABEL
-from polarxr.cube import SHARD, SPLIT_CODES, SPLITS, CubeLayout, CubeWriter, SceneResult, SplitConfig, remove_scenes
+from polarxr.cube import (SHARD, SPLIT_CODES, SPLITS, CubeLayout, CubeWriter, SceneResult, SplitConfig,
+                          remove_scenes, writer_lock)
 from polarxr.errors import CubeError
 from polarxr.patches import merge_stats, patch_stats
 
@@ -323,7 +324,7 @@ def import_seed_patches(
         parts = [(None, name, 0, n)]
     else:
         parts = [(s, f"{name}[{lo}:{hi}]", lo, hi) for s, lo, hi in parse_split_index(split_index, n, seed_dir)]
-    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+    with writer_lock(cube_path), ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         size, mode = _check_pngs(png_dir, rows.idx, pool)
         bands = band_names or _DEFAULT_BANDS[_MODES[mode]]
         if len(bands) != _MODES[mode]:

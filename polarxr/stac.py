@@ -2,7 +2,7 @@
 
 Each processed scene gets ``<scene>.json``, a STAC 1.1 Item beside its outputs with relative asset hrefs
 (the folder can be moved or served as is): ``class_map`` (COG, classification extension: 0 land,
-1 sea, 2 ice, 255 nodata), ``probabilities`` (Zarr v3, uint8 p x 255 per class) and ``quicklook``
+1 sea, 2 ice, 255 nodata), ``probabilities`` (Zarr v3, uint8 p x 254 per class, 255 nodata) and ``quicklook``
 (PNG). ``datetime`` is the acquisition start from the product name (UTC), with ``start_datetime`` and
 ``end_datetime``; the projection extension carries the scene's CRS (``proj:code`` where it has an EPSG
 code, ``proj:wkt2`` always), shape and transform; ``bbox``/``geometry`` are the scene rectangle in WGS84.
@@ -23,12 +23,13 @@ from pystac.extensions.projection import ProjectionExtension
 
 from polarxr.classes import CLASS_COLOURS, CLASS_NAMES, NO_LABEL
 from polarxr.errors import SceneError
-from polarxr.io import atomic_path
-from polarxr.region import bounds_footprint
-from polarxr.scenes import parse_product_name
+from polarxr.io import as_path, atomic_path, is_url, open_binary
+from polarxr.region import bounds_footprint, lonlat_footprint
+from polarxr.scenes import parse_product_name, valid_footprint
 
 #: Media types of the assets polarxr writes and of the scenes it reads.
 ZARR_MEDIA_TYPE = "application/vnd.zarr; version=3"
+GEOPACKAGE_MEDIA_TYPE = "application/geopackage+sqlite3"
 SCENE_MEDIA_TYPES = {pystac.MediaType.GEOTIFF, pystac.MediaType.COG, pystac.MediaType.TIFF, "image/tiff"}
 
 
@@ -46,17 +47,21 @@ def scene_item(
     """A STAC Item for one processed scene; asset hrefs are relative to ``item_path``'s folder.
 
     ``outputs`` maps ``class_map``/``probabilities``/``quicklook`` to paths (None: left out). The grid
-    is read from the class map (the scene's grid). ``properties`` are added as Item properties.
+    is read from the class map (the scene's grid); the footprint is the outline of its mapped pixels.
+    ``properties`` are added as Item properties.
     Raises :class:`SceneError` when ``scene_path``'s name is not a Sentinel-1 product name.
     """
     try:
         product = parse_product_name(scene_path)
     except ValueError as err:
         raise SceneError(scene_path, f"{err}; the acquisition time for the STAC Item comes from it") from None
-    with rasterio.open(outputs["class_map"]) as src:
+    with rasterio.open(str(outputs["class_map"])) as src:
         bounds, crs, transform, shape = tuple(src.bounds), src.crs, src.transform, (src.height, src.width)
-    # 7 decimals of a degree: about 1 cm, plenty for a footprint and a compact JSON
-    footprint = shapely.set_precision(bounds_footprint(bounds, crs), 1e-7)
+    # the outline of the mapped (not nodata) pixels, not the grid's rectangle; 7 decimals of a degree:
+    # about 1 cm, plenty for a footprint and a compact JSON
+    valid = valid_footprint(outputs["class_map"])
+    footprint = bounds_footprint(bounds, crs) if valid is None else lonlat_footprint(valid, crs)
+    footprint = shapely.set_precision(footprint, 1e-7)
     item = pystac.Item(
         id=scene_id,
         geometry=shapely.geometry.mapping(footprint),
@@ -78,15 +83,18 @@ def scene_item(
     proj.shape = list(shape)
     proj.transform = list(transform)[:6]
     proj.bbox = list(bounds)
-    folder = Path(item_path).parent
+    folder = str(item_path).rstrip("/").rsplit("/", 1)[0] if is_url(item_path) else Path(item_path).parent
     _add_assets(item, outputs, folder)
-    item.add_link(pystac.Link(rel="derived_from", target=Path(scene_path).resolve().as_uri(),
+    source = str(scene_path) if is_url(scene_path) else Path(scene_path).resolve().as_uri()
+    item.add_link(pystac.Link(rel="derived_from", target=source,
                               media_type=pystac.MediaType.GEOTIFF, title="input scene"))
     return item
 
 
-def _add_assets(item: pystac.Item, outputs: dict[str, Path | None], folder: Path) -> None:
+def _add_assets(item: pystac.Item, outputs: dict[str, Path | None], folder: Path | str) -> None:
     def href(path: Path) -> str:
+        if is_url(folder):  # object storage: relative to the Item's key prefix
+            return "./" + str(path).removeprefix(str(folder).rstrip("/") + "/")
         return "./" + Path(path).resolve().relative_to(folder.resolve()).as_posix()
 
     classes = pystac.Asset(href(outputs["class_map"]), title="sea / ice / land classes",
@@ -99,8 +107,12 @@ def _add_assets(item: pystac.Item, outputs: dict[str, Path | None], folder: Path
     ] + [Classification.create(value=NO_LABEL, name="nodata", description="no data", nodata=True)]
     if outputs.get("probabilities"):
         item.add_asset("probabilities", pystac.Asset(
-            href(outputs["probabilities"]), title="class probabilities (uint8, p x 255; class, y, x)",
+            href(outputs["probabilities"]), title="class probabilities (uint8, p x 254, 255 nodata; CF scale_factor; class, y, x)",
             media_type=ZARR_MEDIA_TYPE, roles=["data"]))
+    for key, title in (("lines", "coastline, ice edge and calving fronts (layers)"), ("icebergs", "iceberg centroids")):
+        if outputs.get(key):
+            item.add_asset(key, pystac.Asset(href(outputs[key]), title=title, media_type=GEOPACKAGE_MEDIA_TYPE,
+                                             roles=["data"]))
     if outputs.get("quicklook"):
         item.add_asset("quicklook", pystac.Asset(href(outputs["quicklook"]), title="quicklook",
                                                  media_type=pystac.MediaType.PNG, roles=["overview", "visual"]))
@@ -108,9 +120,9 @@ def _add_assets(item: pystac.Item, outputs: dict[str, Path | None], folder: Path
 
 def write_item(item: pystac.Item, path: str | Path) -> Path:
     """Write ``item`` as JSON at ``path`` atomically (hrefs kept as given, no self link)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
+    path = as_path(path)
+    with atomic_path(path) as tmp, open_binary(tmp, "wb") as fh:
+        fh.write(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2).encode())
     return path
 
 

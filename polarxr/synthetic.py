@@ -236,6 +236,12 @@ class SyntheticScene:
     valid_km2: float
     ice_fraction: float
     crs: str = CRS
+    #: Sequences with glaciers: true front position (m from each box's upstream edge) per glacier id.
+    fronts_m: dict[str, float] = field(default_factory=dict)
+    #: Isolated ice objects of >= 4 px and <= 1 km² surrounded by sea (what ``polarxr icebergs`` counts),
+    #: and how many of them are icebergs calved by the glaciers; None where not tracked.
+    icebergs: int | None = None
+    calved_icebergs: int | None = None
     _geometry: _Truth | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -567,6 +573,199 @@ def _ice(fp: _Footprint, coast: _Coast, extent: float, rng: np.random.Generator)
 
 
 # --------------------------------------------------------------------------------------------------
+# Glaciers of a sequence: straight fjords whose calving fronts advance and retreat; calved icebergs
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Glacier:
+    """A tidewater glacier in a straight fjord (local frame, metres): the fjord channel, its box, its front curve.
+
+    The fjord runs landward (``-u``) from the coast at alongshore position ``v``; the glacier tongue (land)
+    fills it from the head to the front. The box spans the fjord less one pixel on each side, from
+    ``u_up`` (upstream, on the glacier) to ``u_down`` (in the fjord): the front position is the tongue's area
+    inside the box divided by its width, the box method's quantity. The front lies at the fraction
+    :meth:`front_fraction` of the box's length.
+    """
+
+    id: str
+    v: float
+    width: float
+    u_head: float
+    u_mouth: float
+    u_up: float
+    u_down: float
+    amplitude: float
+    peak_day: float
+    retreat_per_year: float
+    rough_key: int
+
+    def channel(self) -> shapely.Polygon:
+        return shapely.box(self.u_head, self.v - self.width / 2, self.u_mouth, self.v + self.width / 2)
+
+    def box(self) -> shapely.Polygon:
+        return shapely.box(self.u_up, self.v - self.width / 2 + PIXEL, self.u_down, self.v + self.width / 2 - PIXEL)
+
+    @property
+    def box_width(self) -> float:
+        return self.width - 2 * PIXEL
+
+    def front_fraction(self, when: datetime, first: datetime) -> float:
+        """Mean front position as a fraction of the box length: a seasonal cycle (most advanced at
+        ``peak_day``) of ``amplitude`` around 0.5, minus a steady retreat of ``retreat_per_year``."""
+        day = when.timetuple().tm_yday
+        years = (when - first).total_seconds() / (365.25 * 86400)
+        return (0.5 + self.amplitude * math.cos(2 * math.pi * (day - self.peak_day) / 365.25)
+                - self.retreat_per_year * years)
+
+    def tongue(self, when: datetime, first: datetime) -> shapely.Polygon:
+        """The glacier (land) from the fjord head to a front with a little raggedness (+-0.7 px)."""
+        front = self.u_up + self.front_fraction(when, first) * (self.u_down - self.u_up)
+        v = np.linspace(self.v - self.width / 2 - PIXEL, self.v + self.width / 2 + PIXEL, 48)
+        key = self.rough_key + when.toordinal()
+        u = front + _fbm_1d(key, v, self.width, PIXEL, 0.7 * PIXEL, 0.5)
+        ring = np.concatenate([np.column_stack([u, v]), [[self.u_head - 2 * PIXEL, v[-1]], [self.u_head - 2 * PIXEL, v[0]]]])
+        return _polygonal(shapely.Polygon(ring))
+
+
+def _inside_swath(fp: _Footprint, geometry, margin_px: float) -> bool:
+    """Whether every vertex of a local-frame geometry lies in the valid swath, ``margin_px`` from its edge."""
+    xy = shapely.get_coordinates(fp.to_map(geometry))
+    cols = (xy[:, 0] - fp.transform.c) / PIXEL
+    rows = (fp.transform.f - xy[:, 1]) / PIXEL
+    sw = fp.swath
+    dc, dr = cols - sw.centre[0], rows - sw.centre[1]
+    r = (dc * sw.range_dir[0] + dr * sw.range_dir[1]) / sw.range_px + 0.5
+    a = dc * sw.azimuth_dir[0] + dr * sw.azimuth_dir[1]
+    edge = margin_px / sw.range_px
+    return bool(((r >= edge) & (r <= 1 - edge) & (np.abs(a) <= sw.azimuth_px / 2 - margin_px)).all())
+
+
+def _glaciers(fp: _Footprint, coast: _Coast, rng: np.random.Generator) -> list[Glacier]:
+    """1-4 glaciers in straight fjords cut into the coast, placed inside the swath and apart from each other."""
+    side = fp.side_m
+    width = float(np.clip(0.04 * side, 6 * PIXEL, 40 * PIXEL))
+    length = float(np.clip(0.2 * side, 20 * PIXEL, 600 * PIXEL))
+    wanted = int(np.clip(round(min(fp.shape) / 400), 1, 4))
+    glaciers: list[Glacier] = []
+    for _ in range(60):
+        if len(glaciers) == wanted:
+            break
+        v = float(rng.uniform(-0.4, 0.4) * side)
+        if any(abs(v - g.v) < 3 * width for g in glaciers):
+            continue
+        span = (coast.v >= v - width) & (coast.v <= v + width)
+        coast_min, coast_max = float(coast.u[span].min()), float(coast.u[span].max())
+        u_head = coast_min - length
+        glacier = Glacier(
+            id=f"G{len(glaciers) + 1}", v=v, width=width, u_head=u_head, u_mouth=coast_max + 3 * PIXEL,
+            u_up=u_head + 0.08 * length, u_down=coast_min - 0.05 * length,
+            amplitude=float(rng.uniform(0.15, 0.3)), peak_day=float(rng.uniform(100, 160)),
+            retreat_per_year=float(rng.uniform(0.0, 0.1)), rough_key=int(rng.integers(2**62)))
+        if _inside_swath(fp, glacier.box(), 3):
+            glaciers.append(glacier)
+    return glaciers
+
+
+def _with_glacier_fjords(coast: _Coast, glaciers: list[Glacier]) -> _Coast:
+    """The coast with the glaciers' fjord channels cut out of the land (and counted as fjords, for fast ice)."""
+    if not glaciers:
+        return coast
+    channels = shapely.union_all([g.channel() for g in glaciers])
+    land = _polygonal(shapely.difference(coast.land, channels))
+    axes = [np.array([[g.u_mouth, g.v], [g.u_head, g.v]]) for g in glaciers]
+    return _Coast(coast.v, coast.u, land, shapely.union(coast.fjords, channels), coast.fjord_axes + axes)
+
+
+def _calved(fp: _Footprint, glaciers: list[Glacier], obstacles, when: datetime, rng: np.random.Generator
+            ) -> list[shapely.Polygon]:
+    """Icebergs calved by the glaciers, drifting off the fjord mouths: as ice in the truth, at least 3 px apart
+    from any other ice or land; more in summer (``1 + 0.6 sin``, peak in late July)."""
+    if not glaciers:
+        return []
+    day = when.timetuple().tm_yday
+    wanted = int(round(len(glaciers) * (4 + fp.side_m / 4000) * (1 + 0.6 * math.cos(2 * math.pi * (day - 205) / 365.25))))
+    placed: list[shapely.Polygon] = []
+    fixed = np.asarray([g for g in shapely.get_parts(np.asarray(obstacles, dtype=object)) if not g.is_empty], dtype=object)
+    tree = shapely.STRtree(fixed)
+    for _ in range(wanted * 20):
+        if len(placed) >= wanted:
+            break
+        glacier = glaciers[int(rng.integers(len(glaciers)))]
+        u0 = glacier.u_mouth + rng.exponential(0.06 * fp.side_m) + 4 * PIXEL
+        v0 = glacier.v + rng.normal(0, 0.08 * fp.side_m)
+        berg = _angular((u0, v0), PIXEL * rng.uniform(1.6, 4.0), rng, int(rng.integers(6, 10)))
+        if not berg.is_valid or berg.area < 5 * PIXEL * PIXEL or not _inside_swath(fp, berg, 3):
+            continue
+        near = 3 * PIXEL
+        if any(shapely.dwithin(berg, g, near) for g in placed) or len(tree.query(berg, "dwithin", near)):
+            continue
+        placed.append(berg)
+    return placed
+
+
+def _isolated_ice_objects(truth: _Truth, ice: _Ice, calved: list[shapely.Polygon], max_km2: float = 1.0) -> int:
+    """Isolated ice objects of 4 px to ``max_km2`` in the raster truth: what a perfect class map gives
+    ``polarxr icebergs`` to count (>= 4 px).
+
+    Each candidate (a floe, calved berg or small piece of pack or fast ice, in map coordinates) is checked on a small window of the truth
+    around it: its 4-connected ice component must not reach the window's edge and no pixel of it may have
+    land or nodata among its 8 neighbours. Components are counted once (by their first pixel).
+    """
+    from scipy import ndimage
+
+    fp = truth.footprint
+    pieces = [*shapely.get_parts(ice.pack), *shapely.get_parts(ice.fast), *ice.floes, *calved]
+    candidates = [fp.to_map(g) for g in pieces if not g.is_empty and g.area <= max_km2 * 1e6]
+    seen: set[tuple[int, int]] = set()
+    h, w = fp.shape
+    for geometry in candidates:
+        left, bottom, right, top = geometry.bounds
+        c0 = max(0, int((left - fp.transform.c) // PIXEL) - 4)
+        r0 = max(0, int((fp.transform.f - top) // PIXEL) - 4)
+        c1 = min(w, int((right - fp.transform.c) // PIXEL) + 5)
+        r1 = min(h, int((fp.transform.f - bottom) // PIXEL) + 5)
+        if c1 - c0 < 3 or r1 - r0 < 3:
+            continue
+        classes = truth.classes(Window(c0, r0, c1 - c0, r1 - r0))
+        labels, _ = ndimage.label(classes == ICE)
+        inside = features.geometry_mask([geometry], classes.shape, window_transform(Window(c0, r0, c1 - c0, r1 - r0),
+                                                                                    fp.transform), invert=True)
+        for k in np.unique(labels[inside & (labels > 0)]):
+            component = labels == k
+            rows, cols = np.nonzero(component)
+            key = (int(rows[0]) + r0, int(cols[0]) + c0)
+            if key in seen:
+                continue
+            seen.add(key)
+            at_edge = rows.min() == 0 or cols.min() == 0 or rows.max() == classes.shape[0] - 1 or \
+                cols.max() == classes.shape[1] - 1
+            other = ndimage.binary_dilation((classes != WATER) & (classes != ICE), np.ones((3, 3), bool))
+            if at_edge or (component & other).any() or not 4 <= component.sum() <= max_km2 * 1e6 / PIXEL ** 2:
+                seen.add(key + (0,))  # checked, not an iceberg
+    return sum(1 for key in seen if len(key) == 2 and key + (0,) not in seen)
+
+
+def glacier_frames(scene: SyntheticScene) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """``(boxes, regions)`` of a sequence scene's glaciers in the scene CRS: the box-method boxes (``id``,
+    ``width_m``, ``flow_azimuth_deg`` from upstream to downstream) and the glacier regions (``id``; the fjord
+    channel from head to mouth less 1.5 px along its walls, so that only the front crosses it)."""
+    glaciers = scene._geometry.glaciers if scene._geometry is not None else []
+    fp = scene._geometry.footprint if scene._geometry is not None else None
+    rows_box, rows_region, boxes, regions = [], [], [], []
+    for g in glaciers:
+        flow = np.array(fp.seaward)
+        rows_box.append({"id": g.id, "width_m": g.box_width,
+                         "flow_azimuth_deg": float(np.degrees(np.arctan2(flow[0], flow[1])) % 360)})
+        boxes.append(fp.to_map(g.box()))
+        rows_region.append({"id": g.id})
+        # the glacier's own area (the channel less its rock walls): the coastline inside it is the front only
+        regions.append(fp.to_map(shapely.box(g.u_head, g.v - g.width / 2 + 1.5 * PIXEL,
+                                             g.u_mouth, g.v + g.width / 2 - 1.5 * PIXEL)))
+    return (gpd.GeoDataFrame(rows_box, columns=["id", "width_m", "flow_azimuth_deg"], geometry=boxes, crs=CRS),
+            gpd.GeoDataFrame(rows_region, columns=["id"], geometry=regions, crs=CRS))
+
+
+# --------------------------------------------------------------------------------------------------
 # Truth rasterization per window
 # --------------------------------------------------------------------------------------------------
 
@@ -593,6 +792,7 @@ class _Truth:
     ice: _Layer
     land: _Layer
     bergs: _Layer
+    glaciers: list[Glacier] = field(default_factory=list)
 
     def _rasterize(self, layers: list[_Layer], window: Window, fill: int) -> np.ndarray:
         transform = window_transform(window, self.footprint.transform)
@@ -878,7 +1078,7 @@ def _write_raster(path: Path, truth: _Truth, acq: _Acquisition, product: str, ta
                    dtype="uint8" if product == "8bit" else "float32", nodata=0 if product == "8bit" else np.nan,
                    tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate", BIGTIFF="IF_SAFER")
     counts = np.zeros(256, np.int64)
-    with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=256 * 2**20), rasterio.open(tmp, "w", **profile) as dst:
         dst.descriptions = bands
         for (i, j), window in _windows((h, w)):
             rng = np.random.default_rng(np.random.SeedSequence(acq.seed, spawn_key=(6, i, j)))
@@ -989,16 +1189,29 @@ def _derive(seed: int, index: int) -> int:
 
 
 def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], start: datetime, product: str,
-          ice_extent: float, progress: Callable[[], None] | None, rendering: str = "linear") -> SyntheticScene:
+          ice_extent: float, progress: Callable[[], None] | None, rendering: str = "linear",
+          glaciers_since: datetime | None = None) -> SyntheticScene:
     outdir.mkdir(parents=True, exist_ok=True)
     fp_rng = np.random.default_rng(np.random.SeedSequence([footprint_seed, 1]))
     fp = _footprint(size, fp_rng)
     coast = _coast(fp, fp_rng)
+    glaciers: list[Glacier] = []
+    if glaciers_since is not None:  # glaciers belong to the footprint: the same in every pass
+        glaciers = _glaciers(fp, coast, np.random.default_rng(np.random.SeedSequence([footprint_seed, 11])))
+        coast = _with_glacier_fjords(coast, glaciers)
+        tongues = [g.tongue(start, glaciers_since) for g in glaciers]
+        coast = _Coast(coast.v, coast.u, shapely.union_all([coast.land, *tongues]), coast.fjords, coast.fjord_axes)
     ice = _ice(fp, coast, ice_extent, np.random.default_rng(np.random.SeedSequence([seed, 2])))
+    calved, objects = [], None
+    if glaciers_since is not None:
+        obstacles = [ice.pack, ice.fast, coast.land, *ice.floes]
+        calved = _calved(fp, glaciers, obstacles, start, np.random.default_rng(np.random.SeedSequence([seed, 12])))
     truth = _Truth(fp,
-                   ice=_Layer([fp.to_map(g) for g in (ice.pack, ice.fast, *ice.floes)], ICE),
+                   ice=_Layer([fp.to_map(g) for g in (ice.pack, ice.fast, *ice.floes, *calved)], ICE),
                    land=_Layer([fp.to_map(coast.land)], LAND),
-                   bergs=_Layer([fp.to_map(g) for g in ice.bergs], 1))
+                   bergs=_Layer([fp.to_map(g) for g in ice.bergs], 1), glaciers=glaciers)
+    if glaciers_since is not None:
+        objects = _isolated_ice_objects(truth, ice, calved)
     topo_key = int(np.random.SeedSequence([footprint_seed, 4]).generate_state(1, np.uint64)[0])
     acq = _randomised(_acquisition(seed, topo_key, start), rendering)
     # one footprint is one relative orbit of one mission: a repeat-pass sequence keeps its mission
@@ -1013,10 +1226,13 @@ def _make(outdir: Path, footprint_seed: int, seed: int, size: tuple[int, int], s
     _write_chart(_chart_frame(fp, coast, ice), chart_path)
     km2 = PIXEL * PIXEL / 1e6
     areas = {"land": counts[0] * km2, "sea": counts[1] * km2, "ice": counts[2] * km2}
+    # the box method on the truth geometry: tongue (and any land) inside the box / box width
+    fronts = {g.id: float(shapely.intersection(coast.land, g.box()).area / g.box_width) for g in glaciers}
     return SyntheticScene(
         scene=scene_path, chart=chart_path, start=start, seed=seed, product=product, shape=size,
         transform=fp.transform, ice_extent=float(ice_extent), areas_km2=areas, valid_km2=float(counts.sum() * km2),
-        ice_fraction=float(counts[2] / max(counts[1] + counts[2], 1)), _geometry=truth,
+        ice_fraction=float(counts[2] / max(counts[1] + counts[2], 1)), fronts_m=fronts, icebergs=objects,
+        calved_icebergs=len(calved) if glaciers_since is not None else None, _geometry=truth,
     )
 
 
@@ -1061,26 +1277,56 @@ def sequence_times(n_scenes: int, first: datetime = datetime(2018, 1, 16, 7, 54,
 
 def make_sequence(outdir: str | Path, n_scenes: int = 12, size: tuple[int, int] = (1024, 1024), seed: int = 0,
                   product: str = "8bit", first: datetime = datetime(2018, 1, 16, 7, 54, 30),
-                  progress: Callable[[], None] | None = None, rendering: str = "linear") -> list[SyntheticScene]:
+                  progress: Callable[[], None] | None = None, rendering: str = "linear", glaciers: bool = True
+                  ) -> list[SyntheticScene]:
     """A time sequence over one fixed footprint and coast (same grid, land, fjords, islands, terrain).
 
     Acquisitions are :func:`sequence_times` apart; the ice edge follows :func:`seasonal_ice_extent` (pack
     advancing to March, retreating to September), with fresh edge raggedness, floes, icebergs, wind and
     speckle each time. Each returned scene carries its true ``areas_km2`` of land, sea and ice.
+
+    With ``glaciers`` (default), 1-4 tidewater glaciers in straight fjords (:class:`Glacier`) advance and
+    retreat by a known curve, and calve icebergs (ice in the truth) off their mouths, more in summer; each
+    scene carries its true ``fronts_m`` (box method on the truth geometry) and ``icebergs`` (isolated ice
+    objects of >= 4 px). :func:`write_glacier_files` writes the boxes and fjord regions as GeoJSON.
     """
     outdir = Path(outdir)
     size = _check(outdir, size, product, None, rendering)
+    times = sequence_times(n_scenes, first)
+    since = times[0] if glaciers else None
     return [
-        _make(outdir, seed, _derive(seed, index), size, when, product, seasonal_ice_extent(when), progress, rendering)
-        for index, when in enumerate(sequence_times(n_scenes, first))
+        _make(outdir, seed, _derive(seed, index), size, when, product, seasonal_ice_extent(when), progress, rendering,
+              since)
+        for index, when in enumerate(times)
     ]
 
 
+def write_glacier_files(scenes: list[SyntheticScene], outdir: str | Path) -> tuple[Path, Path] | None:
+    """Write ``glacier_boxes.geojson`` (box-method boxes) and ``glaciers.geojson`` (fjord regions, for
+    ``polarxr boundaries --glaciers``) of a sequence into ``outdir``, in the scene CRS; None without glaciers."""
+    if not scenes or scenes[0]._geometry is None or not scenes[0]._geometry.glaciers:
+        return None
+    boxes, regions = glacier_frames(scenes[0])
+    paths = Path(outdir) / "glacier_boxes.geojson", Path(outdir) / "glaciers.geojson"
+    for frame, path in zip((boxes, regions), paths):
+        with atomic_path(path) as tmp:
+            frame.to_file(tmp, driver="GeoJSON", engine="pyogrio")
+    return paths
+
+
 def truth_table(scenes: list[SyntheticScene]) -> pd.DataFrame:
-    """The truth of generated scenes: one row per scene with its true areas (km^2) and parameters."""
-    return pd.DataFrame([
-        {"scene": s.scene.name, "chart": s.chart.name, "start": s.start, "seed": s.seed,
-         "ice_extent": s.ice_extent, "land_km2": s.areas_km2["land"], "sea_km2": s.areas_km2["sea"],
-         "ice_km2": s.areas_km2["ice"], "valid_km2": s.valid_km2, "ice_fraction": s.ice_fraction}
-        for s in scenes
-    ])
+    """The truth of generated scenes: one row per scene with its true areas (km^2) and parameters.
+
+    Sequences with glaciers add ``icebergs`` (isolated ice objects >= 4 px), ``calved_icebergs`` and one
+    ``front_<id>_m`` column per glacier (true front position, m from the box's upstream edge).
+    """
+    rows = []
+    for s in scenes:
+        row = {"scene": s.scene.name, "chart": s.chart.name, "start": s.start, "seed": s.seed,
+               "ice_extent": s.ice_extent, "land_km2": s.areas_km2["land"], "sea_km2": s.areas_km2["sea"],
+               "ice_km2": s.areas_km2["ice"], "valid_km2": s.valid_km2, "ice_fraction": s.ice_fraction}
+        if s.icebergs is not None:
+            row.update(icebergs=s.icebergs, calved_icebergs=s.calved_icebergs)
+        row.update({f"front_{k}_m": v for k, v in s.fronts_m.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -17,6 +17,10 @@ memory):
   a smooth coastline's length (diagonal edges count ~4/pi too long); compare like with like.
 - A **region of interest** (polygon file, any CRS) restricts both: pixels whose centres fall outside
   it are ignored, and so are boundary pairs with a pixel outside.
+- **Observations** (:mod:`polarxr.observations`), in the same dask graph: iceberg counts (``icebergs``,
+  and ``icebergs_ge4px`` of at least 4 px; objects touching the region's edge are not counted), front
+  positions by the box method (``front_<id>_m`` per glacier box, m from its upstream edge) and ice-edge
+  positions along transects (``ice_edge_<id>_m``, m of ice from the transect's start).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pyproj import CRS, Proj, Transformer
 from polarxr.classes import CLASS_NAMES, ICE, LAND, WATER
 from polarxr.errors import PolarxrError, SceneError
 from polarxr.io import atomic_path
+from polarxr.outputs import CLASS_MAP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +200,6 @@ def acquisition_time(class_map: str | Path) -> datetime:
 
 def find_class_maps(out_dir: str | Path) -> list[Path]:
     """The class maps of a ``polarxr process`` / ``predict`` output folder (``*_class.tif``, one level deep or flat)."""
-    from polarxr.pipeline import CLASS_MAP_SUFFIX
 
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -206,6 +210,45 @@ def find_class_maps(out_dir: str | Path) -> list[Path]:
     return found
 
 
+#: Iceberg columns of :func:`build_timeseries` (counts per acquisition).
+ICEBERG_COLUMNS = ("icebergs", "icebergs_ge4px")
+
+
+def _observations(path: Path, region, chunk: int | None, boxes, transects, icebergs: bool) -> dict:
+    """Lazy observations of one class map: ``{column: delayed}`` plus ``"_objects"`` (iceberg block tables)."""
+    from polarxr.observations.fronts import (lazy_front_positions, lazy_ice_edge_positions, read_boxes,
+                                             read_transects)
+    from polarxr.observations.icebergs import lazy_objects
+
+    classes = open_class_map(path, chunk)
+    out: dict = {}
+    if boxes is not None:
+        local = read_boxes(boxes, classes.rio.crs)
+        out.update({f"front_{k}_m": v for k, v in lazy_front_positions(classes, local).items()})
+    if transects is not None:
+        local = read_transects(transects, classes.rio.crs)
+        out.update({f"ice_edge_{k}_m": v for k, v in lazy_ice_edge_positions(classes, local).items()})
+    if icebergs:
+        if region is not None:
+            from polarxr.region import region_mask
+
+            classes = classes.where(region_mask(region, classes), _OUTSIDE).astype(np.uint8)
+        out["_objects"] = (lazy_objects(classes.data), classes.rio.transform())
+    return out
+
+
+def _vectors(source):
+    """A boxes / transects file read once (any CRS; reprojected per map), or a GeoDataFrame as it is."""
+    if source is None or hasattr(source, "geometry"):
+        return source
+    from polarxr.observations.boundaries import ObservationError
+    from polarxr.vectors import read_vector_file
+
+    frame = read_vector_file(source, ObservationError)
+    frame.attrs["source"] = str(source)
+    return frame
+
+
 def build_timeseries(
     source: str | Path | Iterable[str | Path],
     region=None,
@@ -213,38 +256,69 @@ def build_timeseries(
     parquet: str | Path | None = None,
     ellipsoidal: bool = True,
     chunk: int | None = None,
+    fronts=None,
+    transects=None,
+    icebergs: bool = True,
 ) -> pd.DataFrame:
-    """Per acquisition, the areas and boundary lengths of :func:`class_areas`, as a DataFrame.
+    """Per acquisition, the areas and boundary lengths of :func:`class_areas`, and observations, as a DataFrame.
 
     ``source``: an output folder of ``polarxr process`` (its ``*/<scene>_class.tif``) or class map paths.
     Indexed by ``time`` (acquisition start, UTC), sorted; columns ``scene``, the :data:`STAT_COLUMNS`,
-    ``valid_km2`` (land + sea + ice), ``ice_fraction`` (ice / (ice + sea)), ``class_map`` and ``note``.
-    All maps are reduced in one dask graph. A map that cannot be used (unreadable, outside the region)
-    gets NaN values and its reason in ``note``; the others go on. Written to ``csv`` / ``parquet``
-    (atomically) when given.
+    ``valid_km2`` (land + sea + ice), ``ice_fraction`` (ice / (ice + sea)), with ``icebergs`` the
+    :data:`ICEBERG_COLUMNS`, with ``fronts`` (glacier boxes, polygon file or GeoDataFrame, any CRS)
+    ``front_<id>_m``, with ``transects`` (lines) ``ice_edge_<id>_m``; then ``class_map`` and ``note``.
+    All maps are reduced in one dask graph. A map that cannot be used (unreadable, outside the region,
+    a box outside it) gets NaN values and its reason in ``note``; the others go on; a box file that no
+    map can use raises its error. Written to ``csv`` / ``parquet`` (atomically) when given.
     """
+    from polarxr.observations.icebergs import objects_to_icebergs
+
     paths = find_class_maps(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if region is not None and not hasattr(region, "geometry"):
         from polarxr.region import read_region
 
         region = read_region(region)
-    rows, lazy = [], []
+    boxes, lines = _vectors(fronts), _vectors(transects)
+    rows, lazy, errors = [], [], []
     for path in paths:
         row = {"time": acquisition_time(path), "scene": _scene_name(path), "class_map": str(path), "note": ""}
         try:
-            lazy.append((row, lazy_class_stats(path, region, ellipsoidal, chunk)))
+            stats = lazy_class_stats(path, region, ellipsoidal, chunk)
+            observed = _observations(path, region, chunk, boxes, lines, icebergs)
+            lazy.append((row, stats, observed))
         except PolarxrError as err:
             log.warning("%s", err)
+            errors.append(err)
             row.update(dict.fromkeys(STAT_COLUMNS, np.nan), note=str(err))
         rows.append(row)
-    values = dask.compute(*[stats for _, stats in lazy])
-    for (row, _), stats in zip(lazy, values):
-        row.update(zip(STAT_COLUMNS, map(float, stats)))
-    frame = pd.DataFrame(rows, columns=["time", "scene", *STAT_COLUMNS, "class_map", "note"])
+    if not lazy and errors and (boxes is not None or lines is not None):
+        raise errors[0]
+    # Only delayed objects in one dask.compute: dask 2026.7 returns the results of a mix of arrays and
+    # delayed objects grouped by type, out of order, when it optimizes the graph.
+    flat, layout = [], []
+    for _, stats, observed in lazy:
+        names = [k for k in observed if k != "_objects"]
+        blocks = observed["_objects"][0] if "_objects" in observed else np.empty((0, 0), dtype=object)
+        layout.append((len(flat), names, blocks.shape))
+        flat += [stats.to_delayed().ravel()[0], *(observed[k] for k in names), *blocks.ravel()]
+    values = dask.compute(*flat)
+    for (row, _, observed), (start, names, shape) in zip(lazy, layout):
+        row.update(zip(STAT_COLUMNS, map(float, values[start])))
+        row.update({k: float(values[start + 1 + n]) for n, k in enumerate(names)})
+        if "_objects" in observed:
+            first = start + 1 + len(names)
+            blocks = np.empty(shape, dtype=object)
+            blocks.ravel()[:] = values[first:first + blocks.size]
+            bergs = objects_to_icebergs(blocks, observed["_objects"][1])
+            row.update(icebergs=len(bergs), icebergs_ge4px=int((bergs["n_pixels"] >= 4).sum()))
+    extra = sorted({k for row in rows for k in row if k.startswith(("front_", "ice_edge_"))})
+    columns = [*ICEBERG_COLUMNS] if icebergs else []
+    frame = pd.DataFrame(rows, columns=["time", "scene", *STAT_COLUMNS, *columns, *extra, "class_map", "note"])
     frame["valid_km2"] = frame[["land_km2", "sea_km2", "ice_km2"]].sum(axis=1, min_count=3)
     water_ice = frame["ice_km2"] + frame["sea_km2"]
     frame["ice_fraction"] = (frame["ice_km2"] / water_ice).where(water_ice > 0)
-    frame = frame[["time", "scene", *AREA_COLUMNS, "valid_km2", "ice_fraction", *LENGTH_COLUMNS, "class_map", "note"]]
+    frame = frame[["time", "scene", *AREA_COLUMNS, "valid_km2", "ice_fraction", *LENGTH_COLUMNS, *columns, *extra,
+                   "class_map", "note"]]
     frame = frame.set_index(pd.DatetimeIndex(frame.pop("time"), name="time")).sort_index(kind="stable")
     if csv is not None:
         write_csv(frame, csv)
@@ -254,7 +328,6 @@ def build_timeseries(
 
 
 def _scene_name(class_map: Path) -> str:
-    from polarxr.pipeline import CLASS_MAP_SUFFIX
 
     return class_map.name.removesuffix(CLASS_MAP_SUFFIX).removesuffix(".tif")
 
@@ -279,41 +352,90 @@ PLOT_COLOURS = {"land_km2": "#8b7355", "sea_km2": "#143c8c", "ice_km2": "#3fa7d6
                 "land_sea_km": "#8b7355", "ice_sea_km": "#3fa7d6"}
 
 
-def plot_timeseries(frame: pd.DataFrame, png: str | Path, title: str | None = None) -> Path:
+def read_truth(path: str | Path) -> pd.DataFrame:
+    """A ``truth.csv`` of ``polarxr synth`` indexed by acquisition time (UTC), for :func:`plot_timeseries`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolarxrError(path, "truth table does not exist")
+    try:
+        table = pd.read_csv(path)
+        times = pd.DatetimeIndex(pd.to_datetime(table.pop("start")), name="time")
+    except (ValueError, KeyError, pd.errors.ParserError) as err:
+        raise PolarxrError(path, f"not a truth table of `polarxr synth` with a 'start' column ({err})") from None
+    return table.set_index(times.tz_localize("UTC") if times.tz is None else times)
+
+
+def plot_timeseries(frame: pd.DataFrame, png: str | Path, title: str | None = None,
+                    truth: pd.DataFrame | None = None) -> Path:
     """Plot areas (km²) of sea, ice and land and the land/sea and ice/sea boundary lengths (km) over time.
 
-    Two panels sharing the time axis (UTC); one marker per acquisition. Written to ``png`` atomically
-    with matplotlib's Agg renderer (no display needed). Returns ``png``.
+    Panels sharing the time axis (UTC), one marker per acquisition: areas; boundary lengths; with front
+    (``front_*_m``) or ice-edge (``ice_edge_*_m``) columns, their positions (km); with ``icebergs``, the
+    iceberg counts. ``truth`` (e.g. :func:`read_truth`): columns of the same names are drawn as dashed
+    lines (``icebergs`` against ``icebergs_ge4px``, the truth counting objects of >= 4 px). Written to
+    ``png`` atomically with matplotlib's Agg renderer (no display needed). Returns ``png``.
     """
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 
     if frame.empty:
         raise PolarxrError(png, "nothing to plot: the time series is empty")
-    times = frame.index.tz_convert(None) if frame.index.tz is not None else frame.index
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    ax_area, ax_len = fig.subplots(2, 1, sharex=True)
+
+    def naive(index):
+        return index.tz_convert(None) if index.tz is not None else index
+
+    times = naive(frame.index)
+    truth_times = naive(truth.index) if truth is not None else None
+    positions = [c for c in frame.columns if c.startswith(("front_", "ice_edge_")) and c.endswith("_m")]
+    bergs = "icebergs_ge4px" in frame.columns and frame["icebergs_ge4px"].notna().any()
+    n_panels = 2 + bool(positions) + bool(bergs)
+    fig = Figure(figsize=(10, 3.5 * n_panels), layout="constrained")
+    axes = list(fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0])
+    ax_area, ax_len = axes[0], axes[1]
+
+    def dashed(ax, column, colour, label):
+        if truth is not None and column in truth.columns:
+            ax.plot(truth_times, truth[column], linestyle="--", color=colour, alpha=0.8, label=f"{label} (truth)")
+
     for column in ("sea_km2", "ice_km2", "land_km2"):
-        ax_area.plot(times, frame[column], marker="o", color=PLOT_COLOURS[column],
-                     label=CLASS_NAMES[{"land_km2": LAND, "sea_km2": WATER, "ice_km2": ICE}[column]])
+        name = CLASS_NAMES[{"land_km2": LAND, "sea_km2": WATER, "ice_km2": ICE}[column]]
+        ax_area.plot(times, frame[column], marker="o", color=PLOT_COLOURS[column], label=name)
+        dashed(ax_area, column, PLOT_COLOURS[column], name)
     ax_area.set_ylabel("area (km²)")
-    ax_area.legend(loc="best")
-    ax_area.grid(alpha=0.3)
     for column, label in (("land_sea_km", "land / sea boundary"), ("ice_sea_km", "ice / sea boundary")):
         ax_len.plot(times, frame[column], marker="s", color=PLOT_COLOURS[column], label=label)
     ax_len.set_ylabel("boundary length (km)")
-    ax_len.legend(loc="best")
-    ax_len.grid(alpha=0.3)
+    panel = 2
+    if positions:
+        ax_pos = axes[panel]
+        panel += 1
+        colours = iter(["#b5412b", "#2b7bb5", "#5a9e3a", "#8e44ad", "#d68910", "#17a589", "#34495e"])
+        for column in positions:
+            colour = next(colours, "#555555")
+            label = column.removesuffix("_m").replace("front_", "front ").replace("ice_edge_", "ice edge ")
+            ax_pos.plot(times, frame[column] / 1e3, marker="D", color=colour, label=label)
+            if truth is not None and column in truth.columns:
+                ax_pos.plot(truth_times, truth[column] / 1e3, linestyle="--", color=colour, label=f"{label} (truth)")
+        ax_pos.set_ylabel("position (km; fronts from the box's upstream edge)")
+    if bergs:
+        ax_berg = axes[panel]
+        ax_berg.plot(times, frame["icebergs_ge4px"], marker="^", color="#3fa7d6", label="icebergs >= 4 px")
+        if truth is not None and "icebergs" in truth.columns:
+            ax_berg.plot(truth_times, truth["icebergs"], linestyle="--", color="#3fa7d6", label="icebergs >= 4 px (truth)")
+        ax_berg.set_ylabel("icebergs (count)")
+    for ax in axes:
+        ax.legend(loc="best", fontsize="small")
+        ax.grid(alpha=0.3)
     locator = AutoDateLocator()
-    ax_len.xaxis.set_major_locator(locator)
-    ax_len.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    ax_len.set_xlabel("acquisition time (UTC)")
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes[-1].set_xlabel("acquisition time (UTC)")
     fig.suptitle(title or f"Sea, ice and land: {len(frame)} acquisitions")
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=110)
     return Path(png)
 
 
-__all__ = ["AREA_COLUMNS", "LENGTH_COLUMNS", "STAT_COLUMNS", "acquisition_time", "build_timeseries",
-           "class_areas", "find_class_maps", "lazy_class_stats", "open_class_map", "plot_timeseries",
-           "write_csv", "write_parquet"]
+__all__ = ["AREA_COLUMNS", "ICEBERG_COLUMNS", "LENGTH_COLUMNS", "STAT_COLUMNS", "acquisition_time",
+           "build_timeseries", "class_areas", "find_class_maps", "lazy_class_stats", "open_class_map",
+           "plot_timeseries", "read_truth", "write_csv", "write_parquet"]

@@ -63,6 +63,8 @@ def make_certificates(
     if not hostnames:
         raise ClusterError(out_dir, "at least one hostname or IP address is needed for the TLS certificate")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ClusterError(out, "exists and is not a folder: give a folder for ca.pem, cert.pem and key.pem")
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     # Back-date a little so that a worker whose clock lags the CA's host still accepts the certificate.

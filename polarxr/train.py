@@ -1,10 +1,8 @@
-"""Training of the U-Net segmenter and the seed's patch classifier on a Zarr training cube; checkpoints.
+"""Training of the U-Net segmenter and the seed's patch classifier on a Zarr training cube.
 
 A run folder holds ``checkpoint_epoch{N}.pt`` every ``save_interval`` epochs, ``last.pt`` (each epoch, for
 resuming), ``best.pt`` (best validation mean IoU), ``log.csv``/``log.json`` (one row per epoch) and
-``learning_curves.png``. A checkpoint is a plain dict readable with ``torch.load(weights_only=True)`` and
-holds everything inference needs: model config and weights, band names, normalisation, label codes and
-patch size. Runs are deterministic for a seed on CPU: each epoch's shuffling, augmentation and dropout
+``learning_curves.png``. Checkpoints are written and read by :mod:`polarxr.checkpoints`. Runs are deterministic for a seed on CPU: each epoch's shuffling, augmentation and dropout
 are seeded from ``(seed, epoch)``, so a resumed run continues exactly as an uninterrupted one.
 """
 
@@ -12,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-import pickle
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polarxr import __version__
+from polarxr.checkpoints import make_checkpoint, read_checkpoint, save_checkpoint
+# Checkpoint I/O lives in polarxr.checkpoints; these names stay importable from here for existing scripts.
+from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_checkpoint  # noqa: F401, E402
 from polarxr.classes import CLASS_CODES, CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError, ModelError, PolarxrError
 from polarxr.evaluate import confusion_matrix, metrics_from_confusion, to_json
 from polarxr.io import atomic_path
 from polarxr.models import MODELS, build_model
-
-CHECKPOINT_FORMAT = "polarxr-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
-#: keys of a checkpoint dict that only training needs; :func:`load_checkpoint`'s meta leaves them out.
-_TRAINING_STATE = ("state_dict", "optimizer")
 
 #: ``progress(event, info)``: events "start" (epochs, start_epoch, steps), "step" (epoch, step, loss),
 #: "epoch" (the epoch's log record). Called from the training loop; keep it cheap.
@@ -131,91 +124,6 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
     return images, labels
 
 
-def _plain(value):
-    """Numpy scalars/arrays -> Python types, so the checkpoint loads with ``weights_only=True``."""
-    if isinstance(value, Mapping):
-        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-# ---------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write a checkpoint dict atomically (temporary name, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
-
-
-def make_checkpoint(net: nn.Module, *, band_names: list[str], norm: dict, patch_size: int, epoch: int = 0,
-                    optimizer: torch.optim.Optimizer | None = None, **extra) -> dict:
-    """The checkpoint dict of ``net``: everything inference needs, plus training state when given.
-
-    ``norm`` is ``{"mean": [...], "std": [...]}`` per band in the scene's units; ``extra`` adds plain
-    values (seed, history, ...). Loads with ``torch.load(weights_only=True)``.
-    """
-    state = {
-        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-        "polarxr_version": __version__, "torch_version": str(torch.__version__),
-        "model_config": net.config, "band_names": list(band_names), "norm": norm,
-        "label_codes": dict(CLASS_CODES), "class_names": dict(CLASS_NAMES), "no_label": NO_LABEL,
-        "patch_size": patch_size, "halo": getattr(net, "halo", None),
-        "pad_multiple": getattr(net, "pad_multiple", None), "epoch": epoch, **extra,
-    }
-    state = _plain(state)
-    state["state_dict"] = net.state_dict()
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    return state
-
-
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> dict:
-    """The raw checkpoint dict (weights and optimizer state included), validated.
-
-    Raises :class:`ModelError` when the file is missing, unreadable, not a polarxr checkpoint, or (with
-    ``model``) holds another model than ``model``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(path, "checkpoint does not exist")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ModelError(path, f"not a readable torch checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(path, "is not a polarxr checkpoint (no polarxr model config in it)")
-    name = state.get("model_config", {}).get("name")
-    if name not in MODELS:
-        raise ModelError(path, f"holds an unknown model {name!r}")
-    if model is not None and name != model:
-        raise ModelError(path, f"holds a {name!r} model, not the {model!r} asked for")
-    return state
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None
-                    ) -> tuple[nn.Module, dict]:
-    """``(model in eval mode on device, meta)`` from a checkpoint; see :func:`read_checkpoint` for errors.
-
-    ``meta`` is the checkpoint without weights and optimizer state: ``model_config``, ``band_names``,
-    ``norm`` ({"mean", "std"} per band, in the scene's units), ``label_codes``, ``class_names``,
-    ``patch_size``, ``halo``/``pad_multiple`` (px, U-Net), ``epoch``, ``seed``, ``history``, versions.
-    """
-    state = read_checkpoint(path, device, model)
-    net = build_model(state["model_config"])
-    try:
-        net.load_state_dict(state["state_dict"])
-    except (RuntimeError, KeyError) as err:
-        raise ModelError(path, f"weights do not fit the model config {state['model_config']} ({err})") from None
-    net.to(device).eval()
-    meta = {k: v for k, v in state.items() if k not in _TRAINING_STATE}
-    return net, meta
-
-
 # --------------------------------------------------------------------------------------------- data
 def _cube_info(cube_path: Path) -> dict:
     """Band names, normalisation, patch size and class weights of a cube; :class:`CubeError` when unusable.
@@ -239,6 +147,8 @@ def _cube_info(cube_path: Path) -> dict:
                                    "scenes without ice charts?)") from None
     return {
         "band_names": [str(b) for b in attrs["band_names"]],
+        "radiometry": {"units": attrs.get("units"), "dtype": attrs.get("dtype"),
+                       "polarisation": attrs.get("polarisation"), "scaling": attrs.get("scaling")},
         "norm": {"mean": [float(v) for v in attrs["norm"]["mean"]], "std": [float(v) for v in attrs["norm"]["std"]]},
         "patch_size": int(attrs["patch_size"]),
         "class_weights": weights,
@@ -247,7 +157,7 @@ def _cube_info(cube_path: Path) -> dict:
 
 
 def _datasets(cube_path: Path):
-    from polarxr.cube import PatchDataset
+    from polarxr.datasets import PatchDataset
 
     # augmentation is applied batch-wise in the loop, seeded per epoch, so the cube's own flag stays off;
     # patches flagged at import (mostly nodata) neither train nor score the validation
@@ -267,6 +177,20 @@ def centre_window_target(patch_label: torch.Tensor, size: int, window: int) -> t
     lo = (size - window) // 2
     target[:, lo:lo + window, lo:lo + window] = patch_label.long()[:, None, None]
     return target
+def _check_resume(last_path: Path, state: dict, info: dict) -> None:
+    """:class:`ModelError` when the cube no longer holds what ``last.pt`` was trained on (units, dtype,
+    polarisations, DN scaling, normalisation): resuming would continue on other data."""
+    from polarxr.radiometry import differences
+
+    problems = [p.replace("trained on", "last.pt has") for p in differences(state.get("radiometry"), info["radiometry"])]
+    norm = state.get("norm") or {}
+    for key in ("mean", "std"):
+        if key in norm and not np.allclose(norm[key], info["norm"][key], rtol=1e-6, atol=0):
+            problems.append(f"normalisation {key} {info['norm'][key]}, last.pt has {norm[key]} (scenes added "
+                            "or replaced since?)")
+    if problems:
+        raise ModelError(last_path, "cannot resume on this cube: the cube has " + "; ".join(problems)
+                         + "; use another --out or --no-resume")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -503,6 +427,7 @@ def train(
         if state["band_names"] != info["band_names"]:
             raise ModelError(last_path, f"was trained on bands {state['band_names']}, the cube has "
                                         f"{info['band_names']}")
+        _check_resume(last_path, state, info)
         net.load_state_dict(state["state_dict"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
@@ -515,7 +440,8 @@ def train(
     if progress:
         progress("start", {"epochs": epochs, "start_epoch": start_epoch, "steps": steps, "device": str(dev)})
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if len(val_set) else None
-    meta = {"band_names": info["band_names"], "norm": info["norm"], "patch_size": info["patch_size"],
+    meta = {"band_names": info["band_names"], "radiometry": info["radiometry"], "norm": info["norm"],
+            "patch_size": info["patch_size"],
             "seed": seed, "run_number": run_number, "cube": str(cube_path),
             "class_weights": info["class_weights"].tolist(),
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,

@@ -22,11 +22,13 @@ POLYGONAL = frozenset({"Polygon", "MultiPolygon"})
 
 def read_vector_file(path: str | Path, error: type[PolarxrError]) -> gpd.GeoDataFrame:
     """Read a shapefile, GeoJSON or GeoPackage; ``error`` for a missing or unreadable file."""
-    path = Path(path)
+    from polarxr.io import as_path
+
+    path = as_path(path)
     if not path.exists():
         raise error(path, "file does not exist")
     try:
-        return gpd.read_file(path)
+        return gpd.read_file(str(path))
     except Exception as err:  # pyogrio raises several types for corrupt files
         raise error(path, f"not a readable vector file ({err})") from None
 
@@ -49,8 +51,20 @@ def to_crs(frame: gpd.GeoDataFrame, crs: CRS | str, error: type[PolarxrError],
             warnings.simplefilter("ignore", RuntimeWarning)
             out = frame.to_crs(target)
     except (CRSError, ProjError, ValueError) as err:
-        raise error(source, f"cannot transform CRS {frame.crs} to {crs}: {err}") from None
+        raise error(source, f"cannot transform CRS {crs_name(frame.crs)} to {crs_name(crs)}: {err}") from None
     if not np.isfinite(out.total_bounds).all():
-        raise error(source, f"cannot transform CRS {frame.crs} to {crs}: coordinates become infinite")
+        raise error(source, f"cannot transform CRS {crs_name(frame.crs)} to {crs_name(crs)}: coordinates become infinite")
     out.attrs["source"] = None if source is None else str(source)
     return out
+
+
+def crs_name(crs) -> str:
+    """A short name of a CRS for messages: ``EPSG:3413``, else its name or its projection method."""
+    crs = CRS.from_user_input(crs)
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    if crs.name and crs.name.lower() != "unknown":
+        return crs.name
+    operation = crs.coordinate_operation
+    return operation.method_name if operation is not None else crs.type_name

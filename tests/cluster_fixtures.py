@@ -1,7 +1,9 @@
 """A real Dask cluster for tests: one ``dask scheduler`` and two ``dask worker`` processes on localhost.
 
-Started with the venv's ``dask`` CLI exactly as a user would (separate OS processes, random free ports,
-127.0.0.1 only), shared by the whole test session, and always torn down. Fixtures:
+Started with the venv's ``dask`` CLI exactly as a user would (separate OS processes, 127.0.0.1 only), shared
+by the whole test session, and always torn down. The scheduler binds port 0 (the OS picks a free one,
+no race with other processes) and publishes its address in a ``--scheduler-file`` that the workers and
+the tests read. Fixtures:
 
 - ``real_scheduler``: yields the ``tcp://127.0.0.1:PORT`` address (dashboard on a free local port).
 - ``real_tls_scheduler``: yields ``(address, tls_dir)``; ``address`` is ``tls://...`` and ``tls_dir``
@@ -10,6 +12,7 @@ Started with the venv's ``dask`` CLI exactly as a user would (separate OS proces
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -31,7 +34,8 @@ START_TIMEOUT = 60.0  # seconds; a cold start of 3 interpreters on a loaded 2-co
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now: for tests that need an address where
+    no scheduler is (the fixture's scheduler binds port 0 instead)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -80,20 +84,23 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def start_dask_cluster(log_dir: Path, tls_dir: Path | None = None, n_workers: int = N_WORKERS) -> DaskProcesses:
     """Start ``dask scheduler`` + ``n_workers`` ``dask worker`` processes; return once all registered."""
-    protocol, port = ("tls" if tls_dir else "tcp"), free_port()
-    address = f"{protocol}://127.0.0.1:{port}"
+    protocol = "tls" if tls_dir else "tcp"
+    scheduler_file = log_dir / "scheduler.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     tls_args: list[str] = []
     if tls_dir:
         tls_args = ["--tls-ca-file", str(tls_dir / "ca.pem"), "--tls-cert", str(tls_dir / "cert.pem"),
                     "--tls-key", str(tls_dir / "key.pem")]
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
-    cluster = DaskProcesses(address, log_dir)
+    cluster = DaskProcesses("", log_dir)
     try:
-        cluster.spawn("scheduler", ["scheduler", "--protocol", protocol, "--host", "127.0.0.1", "--port",
-                                    str(port), "--dashboard-address", f"127.0.0.1:{free_port()}", *tls_args], env)
+        cluster.spawn("scheduler", ["scheduler", "--protocol", protocol, "--host", "127.0.0.1", "--port", "0",
+                                    "--scheduler-file", str(scheduler_file), "--dashboard-address", "127.0.0.1:0",
+                                    *tls_args], env)
+        cluster.address = _read_address(cluster, scheduler_file)
         for i in range(n_workers):
-            cluster.spawn(f"worker{i}", ["worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+            cluster.spawn(f"worker{i}", ["worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
+                                         "--nthreads", "1",
                                          "--no-dashboard", "--memory-limit", "2GiB", "--name", f"w{i}",
                                          "--local-directory", str(log_dir / f"w{i}"), "--death-timeout",
                                          "60", *tls_args], env)
@@ -103,6 +110,19 @@ def start_dask_cluster(log_dir: Path, tls_dir: Path | None = None, n_workers: in
         cluster.stop()
         raise
     return cluster
+
+
+def _read_address(cluster: DaskProcesses, scheduler_file: Path) -> str:
+    """The address the scheduler bound, from its scheduler file (written once it listens)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if cluster.procs[0].poll() is not None:
+            raise RuntimeError(f"dask scheduler exited during start-up\n{cluster.logs()}")
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            time.sleep(0.2)
+    raise RuntimeError(f"dask scheduler wrote no {scheduler_file}\n{cluster.logs()}")
 
 
 def _wait_for_workers(cluster: DaskProcesses, security, n_workers: int) -> None:

@@ -8,7 +8,6 @@ import ssl
 import stat
 import time
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest

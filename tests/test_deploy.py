@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import dask
@@ -21,8 +20,8 @@ from polarxr.cluster import get_client
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-TORCH_PIN = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-                 if d.startswith("torch=="))
+TORCH_PIN = next(line for line in (ROOT / "requirements.lock").read_text().splitlines()
+                 if line.startswith("torch=="))
 
 
 def _tool(name: str) -> str | None:
@@ -196,9 +195,9 @@ def test_dockerfiles_pin_torch_install_the_package_and_lint_clean(name):
     assert re.search(rf"pip install {re.escape(TORCH_PIN)}\b", text), f"{name} must install {TORCH_PIN}"
     if name == "Dockerfile":
         assert "--index-url https://download.pytorch.org/whl/cpu" in text
-        assert re.search(r"^RUN pip install \. && pip check$", text, re.M)
+        assert re.search(r"^RUN pip install -c requirements\.lock \. && pip check$", text, re.M)
     else:
-        assert re.search(r'^RUN pip install "\.\[gpu\]" && pip check$', text, re.M)
+        assert re.search(r'^RUN pip install -c requirements\.lock "\.\[gpu\]" && pip check$', text, re.M)
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert re.search(r"^USER 1000:1000$", text, re.M)  # not root
     for line in re.findall(r"^COPY (.+) \S+$", text, re.M):  # every copied source exists in the repo

@@ -34,7 +34,7 @@ from polarxr.ledger import Ledger
 from polarxr.models import build_model
 from polarxr.region import bounds_footprint
 from polarxr.synthetic import make_sequence
-from polarxr.train import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
+from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 POLARXR = str(Path(sys.executable).parent / "polarxr")
 SAR = "https://stac-extensions.github.io/sar/v1.2.0/schema.json"

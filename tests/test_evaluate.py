@@ -179,3 +179,16 @@ def test_cli_evaluate(prediction_and_chart, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "polarxr.cli.main", "evaluate", str(tmp_path / "nope.tif"),
                               str(chart), "--workers", "1"], capture_output=True, text=True, timeout=180)
     assert missing.returncode == 2 and "nope.tif" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_evaluate_reports_boundary_distance_errors(prediction_and_chart):
+    """The hand-made prediction's coastline is the chart's except a 10 x 10 px ice patch across it."""
+    pred_tif, chart, pred, truth = prediction_and_chart
+    metrics = evaluate_prediction(pred_tif, chart)
+    assert 0 < metrics["coastline_mde_m"] < 10 * PIXEL and metrics["coastline_p95_m"] >= metrics["coastline_mde_m"]
+    assert metrics["ice_edge_mde_m"] > 0
+    perfect = pred_tif.with_name("perfect.tif")
+    _write_classes(perfect, np.where(truth == 255, 1, truth).astype(np.uint8))
+    exact = evaluate_prediction(perfect, chart)
+    assert exact["coastline_mde_m"] == 0 and exact["ice_edge_mde_m"] == 0
+    assert "coastline_mde_m" not in evaluate_prediction(pred_tif, chart, boundaries=False)

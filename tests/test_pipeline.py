@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pystac
 import pytest
@@ -31,7 +32,7 @@ from polarxr.models import build_model
 from polarxr.pipeline import SceneOutputs, find_scenes, parse_duration, process_inbox, watch
 from polarxr.scenes import parse_product_name
 from polarxr.synthetic import make_sequence
-from polarxr.train import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
+from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (192, 192)
@@ -150,16 +151,17 @@ def test_running_rows_of_dead_processes_are_reset_and_live_ones_kept(tmp_path):
 
 
 def test_rows_of_another_host_are_reset_after_the_lease(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite", lease_s=0.5) as ledger:
+    now = [1000.0]  # the ledger's clock, stepped by the test: no sleeps, no timing margins
+    with Ledger(tmp_path / "ledger.sqlite", lease_s=900, clock=lambda: now[0]) as ledger:
         ledger.register("S1B_remote", "/inbox/S1B_remote.tif", 1, 1.0)
         remote = Owner(host="worker-node-7.example.org", pid=4242, pid_started=0.0, run_id="remote-run")
         assert ledger.claim("S1B_remote", remote, "abc", "0")
         assert ledger.recover_stale() == []  # fresh heartbeat
-        time.sleep(0.3)
+        now[0] += 600
         ledger.heartbeat("remote-run")
-        time.sleep(0.3)
-        assert ledger.recover_stale() == []  # kept alive by its heartbeat
-        time.sleep(0.6)
+        now[0] += 600
+        assert ledger.recover_stale() == []  # 1200 s since the claim, but kept alive by its heartbeat
+        now[0] += 300.5
         assert "no heartbeat" in ledger.recover_stale()[0]
         assert ledger.get("S1B_remote").status == "pending"
 
@@ -204,7 +206,12 @@ def test_runs_process_each_scene_once_and_a_new_scene_alone(tmp_path, data, clie
         assert item.id == _sid(s)
         assert item.datetime == parse_product_name(s.scene).start.replace(tzinfo=item.datetime.tzinfo)
         assert item.datetime.utcoffset().total_seconds() == 0
-        assert set(item.assets) == {"class_map", "probabilities", "quicklook"}
+        assert set(item.assets) == {"class_map", "probabilities", "quicklook", "lines", "icebergs"}
+        for layer in ("coastline", "ice_edge", "fronts"):  # the observations, in the scene's CRS
+            lines = gpd.read_file(o.lines, layer=layer)
+            assert CRS.from_user_input(lines.crs) == CRS.from_user_input(s.crs) and lines.is_valid.all()
+        assert gpd.read_file(o.icebergs, layer="icebergs").crs is not None
+        assert item.properties["polarxr:icebergs"] >= 0 and "polarxr:coastline_km" in item.properties
         for asset in item.assets.values():
             assert Path(asset.get_absolute_href()).resolve() == (o.folder / Path(asset.href).name).resolve()
             assert Path(asset.get_absolute_href()).exists()

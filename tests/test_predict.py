@@ -15,11 +15,13 @@ import torch
 from distributed import Client, LocalCluster
 from scene_files import PRODUCT, write_chart, write_scene
 
+from polarxr.io import cog_problems
+
 from polarxr.errors import ModelError, SceneError
 from polarxr.models import build_model
 from polarxr.predict import normalise, predict_scene, probabilities, segment_array
 from polarxr.scenes import open_scene
-from polarxr.train import load_checkpoint, make_checkpoint, save_checkpoint
+from polarxr.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 
 BANDS = ["HH", "HV", "HH-HV"]
 NORM = {"mean": [128.0] * 3, "std": [60.0] * 3}
@@ -90,17 +92,18 @@ def test_predict_scene_writes_cog_on_input_grid(files, client, tmp_path):
     cog = rioxarray.open_rasterio(result.class_map)
     assert cog.rio.crs == scene.rio.crs and cog.rio.transform() == scene.rio.transform()
     assert cog.shape == (1, 300, 260) and cog.dtype == np.uint8 and cog.rio.nodata == 255
-    with rasterio.open(result.class_map) as src:
-        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert cog_problems(result.class_map) == []
     expected, valid = whole_array(scene_path, checkpoint)
     classes = cog.values[0]
     np.testing.assert_array_equal(classes[valid], expected[:, valid].argmax(0))
     assert (classes[~valid] == 255).all()
     import xarray as xr
 
-    stored = xr.open_zarr(result.probabilities, consolidated=False)["probability"]
+    stored = xr.open_zarr(result.probabilities, consolidated=False, decode_coords="all")["probability"]
     assert stored.dims == ("class", "y", "x") and list(stored["class"].values) == ["land", "sea", "ice"]
-    np.testing.assert_allclose(stored.values[:, valid] / 255, expected[:, valid], atol=1 / 255)
+    assert stored.rio.crs == scene.rio.crs and np.issubdtype(stored.dtype, np.floating)  # CF-decoded: 0..1, NaN on nodata
+    np.testing.assert_allclose(stored.values[:, valid], expected[:, valid], atol=0.5 / 254 + 1e-6)
+    assert np.isnan(stored.values[:, ~valid]).all()
     assert result.quicklook.stat().st_size > 1000
     assert set(result.metrics) >= {"mean_iou", "overall_accuracy"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -118,7 +121,8 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
     scene_path, _, checkpoint, _ = files
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        reference = predict_scene(scene_path, checkpoint, tmp_path / "ref.tif", chunk=64, client=client).class_map
+        reference = predict_scene(scene_path, checkpoint, tmp_path / "ref.tif", probabilities=tmp_path / "ref.zarr",
+                                  chunk=64, client=client).class_map
         pids = list(client.run(os.getpid).values())
         killed = threading.Event()
 
@@ -127,26 +131,40 @@ def test_worker_killed_mid_run_gives_identical_output(files, tmp_path):
                 killed.set()
                 os.kill(pids[0], signal.SIGKILL)
 
-        out = predict_scene(scene_path, checkpoint, tmp_path / "killed.tif", chunk=64, client=client,
-                            progress=kill_one).class_map
+        out = predict_scene(scene_path, checkpoint, tmp_path / "killed.tif", probabilities=tmp_path / "killed.zarr",
+                            chunk=64, client=client, progress=kill_one).class_map
         assert killed.is_set()
     np.testing.assert_array_equal(rioxarray.open_rasterio(out).values, rioxarray.open_rasterio(reference).values)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "killed.zarr" / "probability", mode="r")[:],
+                                  zarr.open_array(tmp_path / "ref.zarr" / "probability", mode="r")[:])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the workers' parts are gone too
 
 
-def test_unreadable_blocks_name_the_scene_and_leave_nothing(files, client, tmp_path):
-    """A scene with a corrupt tile fails with the file named and leaves no output."""
-    scene_path, _, checkpoint, _ = files
+def test_unreadable_blocks_name_the_scene_and_leave_nothing(client, tmp_path):
+    """A scene with a corrupt full-resolution tile fails with the file and the block named and leaves no
+    output. The file has overviews, so the pre-flight check (a decimated read, served from them) passes
+    and the failure happens where it is meant to be tested: in a block on a worker, mid-run."""
+    checkpoint = make_random_checkpoint(tmp_path / "unet.pt")
+    source = write_scene(tmp_path / "source.tif", shape=(1100, 1100), tile=64, nodata_margin=30)
+    with rasterio.open(source, "r+") as dst:
+        dst.build_overviews([2, 4, 8], rasterio.enums.Resampling.nearest)
     broken = tmp_path / PRODUCT
-    rasterio.shutil.copy(scene_path, broken, driver="GTiff", TILED="YES", BLOCKXSIZE=64, BLOCKYSIZE=64,
-                         COMPRESS="DEFLATE")
+    rasterio.shutil.copy(source, broken, driver="GTiff", TILED="YES", BLOCKXSIZE=64, BLOCKYSIZE=64,
+                         COMPRESS="DEFLATE", COPY_SRC_OVERVIEWS="YES")
     with rasterio.open(broken) as src:
-        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
-    with open(broken, "r+b") as f:  # garble one compressed tile: the header opens, that tile cannot
+        offset = int(src.get_tag_item("BLOCK_OFFSET_12_12", "TIFF", bidx=1))
+    with open(broken, "r+b") as f:  # garble one full-resolution tile: the header opens, that tile cannot
         f.seek(offset)
         f.write(b"\xff" * 64)
+    from polarxr.scenes import ensure_not_empty, open_scene as open_
+
+    ensure_not_empty(open_(broken))  # the pre-flight check does not see it
     out = tmp_path / "out"
-    with pytest.raises(SceneError, match="is corrupt|segmentation failed") as err:
-        predict_scene(broken, checkpoint, out / "pred.tif", probabilities=out / "prob.zarr", chunk=64, client=client)
+    with pytest.raises(SceneError, match=r"segmentation failed in rows \d+-\d+, columns \d+-\d+: .*Read failed") as err:
+        predict_scene(broken, checkpoint, out / "pred.tif", probabilities=out / "prob.zarr", chunk=512, tile=256,
+                      client=client)
     assert str(broken) in str(err.value)
     assert not out.exists() or not any(out.iterdir())
 

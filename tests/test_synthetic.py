@@ -178,7 +178,7 @@ def test_generation_is_windowed_and_seamless(tmp_path):
 
 
 def test_sequence_follows_the_seasonal_ice_extent(tmp_path):
-    sequence = make_sequence(tmp_path, n_scenes=6, size=(256, 256), seed=3)
+    sequence = make_sequence(tmp_path, n_scenes=6, size=(256, 256), seed=3, glaciers=False)
     starts = [s.start for s in sequence]
     assert all((b - a).days % 12 == 0 and b > a for a, b in zip(starts, starts[1:]))
     assert len({parse_product_name(s.scene).mission for s in sequence}) == 1
@@ -229,6 +229,10 @@ def test_synth_command(tmp_path):
     assert len(tifs) == 2 and len(list(out.glob("seaice_s1_*.shp"))) == 2 and len(list(out.glob("*.png"))) == 2
     truth = (out / "truth.csv").read_text().splitlines()
     assert truth[0].startswith("scene,chart,start") and len(truth) == 3
+    assert "icebergs" in truth[0] and "front_G1_m" in truth[0]
+    boxes = gpd.read_file(out / "glacier_boxes.geojson")
+    assert list(boxes["id"]) == ["G1"] and (boxes["width_m"] > 0).all()
+    assert (out / "glaciers.geojson").exists()
     with rasterio.open(tifs[0]) as src:
         assert (src.height, src.width) == (96, 128)
 
@@ -248,3 +252,27 @@ def test_synth_command_bad_size_is_one_line(tmp_path, monkeypatch, capsys):
 def test_seasonal_curve_is_documented():
     assert seasonal_ice_extent(datetime(2018, 3, 16)) == pytest.approx(0.68, abs=0.01)
     assert seasonal_ice_extent(datetime(2018, 9, 15)) == pytest.approx(0.04, abs=0.01)
+
+
+def test_sequence_glaciers_advance_and_retreat_and_calve(tmp_path):
+    """Glaciers: the true front follows its curve, the tongue is land in truth and chart, bergs are ice."""
+    from polarxr.synthetic import Glacier, glacier_frames
+
+    sequence = make_sequence(tmp_path, n_scenes=4, size=(256, 288), seed=11)
+    glacier: Glacier = sequence[0]._geometry.glaciers[0]
+    boxes, regions = glacier_frames(sequence[0])
+    box = boxes.geometry.iloc[0]
+    assert regions.geometry.iloc[0].intersects(box) and regions.geometry.iloc[0].area > box.area
+    length = glacier.u_down - glacier.u_up
+    first = sequence[0].start
+    for scene in sequence:
+        expected = glacier.front_fraction(scene.start, first) * length
+        assert scene.fronts_m["G1"] == pytest.approx(expected, abs=0.7 * 40)  # the front's raggedness averages out
+    fronts = [s.fronts_m["G1"] for s in sequence]
+    assert np.ptp(fronts) > 5 * 40, "the front should move by several pixels through the year"
+    # land in the truth raster grows with the front; the rest of the coast is fixed
+    land = np.array([s.areas_km2["land"] for s in sequence])
+    tongue = np.array(fronts) * glacier.width / 1e6  # the tongue fills the whole channel, 1 px beyond the box
+    assert np.ptp(land - tongue) < 0.1 * np.ptp(land)
+    summer = [s for s in sequence if s.start.month in (6, 7, 8, 9)]
+    assert summer and all(s.calved_icebergs > 0 and s.icebergs >= s.calved_icebergs for s in summer)

@@ -200,3 +200,32 @@ def test_bad_inputs_are_named(sequence, tmp_path):
         build_timeseries([unnamed])
     with pytest.raises(SceneError, match="does not exist"):
         class_areas(tmp_path / "missing_class.tif")
+
+
+def test_fronts_and_icebergs_of_truth_maps_follow_the_synthetic_truth(sequence, tmp_path):
+    """Box method on the truth maps: within 1 px of the generator's front; iceberg counts near its count."""
+    from polarxr.synthetic import write_glacier_files
+
+    root, scenes = sequence
+    boxes, _ = write_glacier_files(scenes, tmp_path)
+    frame = build_timeseries(sorted((root / "truth").glob("*_class.tif")), fronts=boxes, ellipsoidal=False)
+    assert "front_G1_m" in frame.columns and "icebergs_ge4px" in frame.columns
+    for (_, row), s in zip(frame.iterrows(), scenes):
+        assert abs(row["front_G1_m"] - s.fronts_m["G1"]) <= 40.0, s.start
+        assert abs(row["icebergs_ge4px"] - s.icebergs) <= max(1, 0.1 * s.icebergs), s.start
+    assert np.ptp(frame["front_G1_m"]) > 5 * 40.0
+    truth_csv = tmp_path / "truth.csv"
+    from polarxr.synthetic import truth_table
+
+    truth_table(scenes).to_csv(truth_csv, index=False)
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    result = CliRunner().invoke(app, ["timeseries", str(out), "--fronts", str(boxes), "--truth", str(truth_csv)])
+    assert result.exit_code == 0, result.output
+    saved = pd.read_parquet(out / "timeseries.parquet")
+    assert saved["front_G1_m"].notna().all() and saved["icebergs_ge4px"].notna().all()
+    assert imread(out / "timeseries.png").shape[0] > 4 * 300  # four panels: areas, lengths, fronts, icebergs
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"id": ["far"]}, geometry=[box(0, 0, 1000, 1000)], crs=scenes[0].crs).to_file(far)
+    with pytest.raises(PolarxrError, match="'far' lies outside the class map"):
+        build_timeseries(out, fronts=far)

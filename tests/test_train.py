@@ -15,7 +15,8 @@ from cube_files import write_tiny_cube
 
 from polarxr.errors import CubeError, ModelError, PolarxrError
 from polarxr.models import build_model
-from polarxr.train import augment_batch, learning_rate, load_checkpoint, make_checkpoint, save_checkpoint, train
+from polarxr.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
+from polarxr.train import augment_batch, learning_rate, train
 
 torch.set_num_threads(1)
 UNET = {"width": 8, "depth": 2, "pool": 1}
