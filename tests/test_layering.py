@@ -69,7 +69,7 @@ def test_no_import_circles_but_the_known_one():
     assert [c for c in cycles(graph) if not _known(c)] == []
 
 
-@pytest.mark.xfail(reason="scenes <-> ingest: open_scene dispatches delivered products to polarxr.ingest", strict=False)
+@pytest.mark.xfail(reason="scenes <-> ingest: open_scene dispatches delivered products to polarxr.ingest", strict=True)
 def test_no_import_circles_at_all():
     assert cycles(import_graph()) == []
 
