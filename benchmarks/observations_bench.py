@@ -154,7 +154,7 @@ def goals(args, workdir: Path) -> list[str]:
     from polarxr.observations.icebergs import find_icebergs
     from polarxr.predict import predict_scene
     from polarxr.synthetic import make_sequence, write_glacier_files
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     folder = workdir / "sequence"
     scenes = make_sequence(folder, n_scenes=args.scenes, size=(args.goal_size, args.goal_size), seed=args.goal_seed)

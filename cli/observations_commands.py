@@ -45,7 +45,7 @@ def boundaries(
     """
     from polarxr.observations.boundaries import extract_boundaries, open_probabilities, read_glaciers, write_lines
     from polarxr.progress import dask_progress
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     classes = open_class_map(class_map, chunk)  # bad inputs fail before a cluster starts
     glacier_frame = read_glaciers(glaciers, classes.rio.crs) if glaciers else None
@@ -89,7 +89,7 @@ def icebergs(
     """
     from polarxr.observations.icebergs import find_icebergs, write_icebergs
     from polarxr.progress import dask_progress
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     classes = open_class_map(class_map, chunk)  # bad inputs fail before a cluster starts
     with client_from_options(cluster, scheduler, workers, tls_dir), dask_progress(f"icebergs of {class_map.name}"):

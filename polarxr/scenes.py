@@ -361,3 +361,19 @@ def scene_catalog(scenes_dir: str | Path, charts_dir: str | Path | None = None) 
     if "start" in frame:
         frame = frame.sort_values("start", kind="stable", na_position="last").reset_index(drop=True)
     return frame
+
+
+def open_class_map(path: str | Path, chunk: int | None = None) -> xr.DataArray:
+    """A class map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata) as a lazy ``DataArray(y, x)``.
+
+    Chunks are ``chunk`` px, by default multiples of the file's tiles near 2048 px. Raises
+    :class:`SceneError` when the file is missing, unreadable, not one integer band, or not projected.
+    """
+    classes = open_scene(path, chunks=chunk)
+    if classes.sizes["band"] != 1 or not np.issubdtype(classes.dtype, np.integer):
+        raise SceneError(path, f"is not a class map: expected 1 integer band, found {classes.sizes['band']} "
+                               f"band(s) of {classes.dtype}")
+    if classes.rio.crs.is_geographic:
+        raise SceneError(path, f"is in a geographic CRS ({classes.rio.crs}); areas and lengths need a "
+                               "projected CRS such as the scenes' polar stereographic grid")
+    return classes.isel(band=0, drop=True).astype(np.uint8)

@@ -43,6 +43,7 @@ from polarxr.classes import CLASS_NAMES, ICE, LAND, WATER
 from polarxr.errors import PolarxrError, SceneError
 from polarxr.io import atomic_path
 from polarxr.outputs import CLASS_MAP_SUFFIX
+from polarxr.scenes import open_class_map
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +127,6 @@ def _block_stats(classes: np.ndarray, flags: np.ndarray, transform: Affine, crs_
 
 
 # --------------------------------------------------------------------------------------------- per map
-def open_class_map(path: str | Path, chunk: int | None = None) -> xr.DataArray:
-    """A class map GeoTIFF (uint8 L=0, W=1, I=2, 255 nodata) as a lazy ``DataArray(y, x)``.
-
-    Chunks are ``chunk`` px, by default multiples of the file's tiles near 2048 px. Raises
-    :class:`SceneError` when the file is missing, unreadable, not one integer band, or not projected.
-    """
-    from polarxr.scenes import open_scene
-
-    classes = open_scene(path, chunks=chunk)
-    if classes.sizes["band"] != 1 or not np.issubdtype(classes.dtype, np.integer):
-        raise SceneError(path, f"is not a class map: expected 1 integer band, found {classes.sizes['band']} "
-                               f"band(s) of {classes.dtype}")
-    if classes.rio.crs.is_geographic:
-        raise SceneError(path, f"is in a geographic CRS ({classes.rio.crs}); areas and lengths need a "
-                               "projected CRS such as the scenes' polar stereographic grid")
-    return classes.isel(band=0, drop=True).astype(np.uint8)
-
-
 def lazy_class_stats(class_map: str | Path, region=None, ellipsoidal: bool = True,
                      chunk: int | None = None) -> da.Array:
     """Lazy float64 ``(6,)`` array of :data:`STAT_COLUMNS` for one class map (see :func:`class_areas`)."""

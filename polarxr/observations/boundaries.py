@@ -230,7 +230,7 @@ def extract_boundaries(
     the line pieces travel to the client, which joins them. Columns: ``length_m``, ``closed``,
     ``n_vertices`` (fronts: ``glacier`` too).
     """
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     classes = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
     crs = classes.rio.crs

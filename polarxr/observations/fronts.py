@@ -163,7 +163,7 @@ def lazy_ice_edge_positions(grid: xr.DataArray, transects: gpd.GeoDataFrame) -> 
 def front_positions(class_map: str | Path | xr.DataArray, boxes: str | Path | gpd.GeoDataFrame,
                     chunk: int | None = None) -> dict[str, float]:
     """Front position (m from each box's upstream edge) per box id, by the box method (module docstring)."""
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     grid = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
     boxes = read_boxes(boxes, grid.rio.crs)
@@ -174,7 +174,7 @@ def front_positions(class_map: str | Path | xr.DataArray, boxes: str | Path | gp
 def ice_edge_positions(class_map: str | Path | xr.DataArray, transects: str | Path | gpd.GeoDataFrame,
                        chunk: int | None = None) -> dict[str, float]:
     """Ice-edge position (m of ice from each transect's start) per transect id (module docstring)."""
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     grid = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
     transects = read_transects(transects, grid.rio.crs)

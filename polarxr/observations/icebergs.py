@@ -149,7 +149,7 @@ def find_icebergs(class_map: str | Path | xr.DataArray, max_area_km2: float = MA
     ``max_area_km2``: largest object counted; ``min_pixels``: smallest. Columns :data:`COLUMNS`
     (``area_km2`` in the map plane, ``x``/``y`` metres of the CRS); sorted north to south, west to east.
     """
-    from polarxr.timeseries import open_class_map
+    from polarxr.scenes import open_class_map
 
     classes = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
     blocks = compute_objects(lazy_objects(classes.data))
