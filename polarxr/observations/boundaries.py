@@ -35,7 +35,7 @@ from affine import Affine
 
 from polarxr.classes import ICE, LAND, WATER
 from polarxr.errors import PolarxrError
-from polarxr.io import atomic_path
+from polarxr.io import as_target, atomic_path, exists, filesystem, is_url, storage_options
 
 #: GeoPackage layers, in order.
 LAYERS = ("coastline", "ice_edge", "fronts")
@@ -120,11 +120,11 @@ def open_probabilities(path: str | Path, like: xr.DataArray) -> da.Array:
     p x 255 (attribute ``scale``, or none) is scaled here. Raises :class:`ObservationError` for a store that
     is missing, not readable, or not on the class map's grid.
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_target(path)
+    if not exists(path):
         raise ObservationError(path, "probability store does not exist")
     try:
-        store = xr.open_zarr(path, consolidated=False)
+        store = xr.open_zarr(str(path), consolidated=False, storage_options=storage_options(path))
         probs = store["probability"]
     except Exception as err:  # zarr and xarray raise several types for what is not a store
         raise ObservationError(path, f"not a readable probability Zarr store with a 'probability' array ({err})") from None
@@ -253,7 +253,7 @@ def write_lines(layers: dict[str, gpd.GeoDataFrame], out_gpkg: str | Path, parqu
     The GeoParquet holds all lines with a ``layer`` column. Both are written under a temporary name and
     renamed when complete. Returns ``out_gpkg``.
     """
-    out_gpkg = Path(out_gpkg)
+    out_gpkg = as_target(out_gpkg)
     with atomic_path(out_gpkg) as tmp:
         write_gpkg(layers, tmp)
     if parquet is not None:
@@ -267,7 +267,15 @@ def write_lines(layers: dict[str, gpd.GeoDataFrame], out_gpkg: str | Path, parqu
 
 
 def write_gpkg(layers: dict[str, gpd.GeoDataFrame], path: str | Path) -> Path:
-    """Write layers into a GeoPackage at ``path`` (any name: staged as ``*.gpkg`` beside it, then renamed)."""
+    """Write layers into a GeoPackage at ``path`` (any name: staged as ``*.gpkg`` beside it, then renamed;
+    a URL: written in a local temporary folder, then uploaded, as SQLite cannot write to object storage)."""
+    if is_url(path):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="polarxr-gpkg-") as folder:
+            local = write_gpkg(layers, Path(folder) / "layers.gpkg")
+            filesystem(path).put_file(str(local), str(path))
+        return path
     path = Path(path)
     staging = path.with_name(path.name + ".gpkg")  # GDAL wants the .gpkg extension
     try:

@@ -26,7 +26,7 @@ import xarray as xr
 from affine import Affine
 
 from polarxr.classes import ICE, WATER
-from polarxr.io import atomic_path
+from polarxr.io import as_target, atomic_path
 
 #: Default upper bound of an iceberg's area (km²).
 MAX_AREA_KM2 = 1.0
@@ -171,7 +171,7 @@ def write_icebergs(bergs: gpd.GeoDataFrame, out_gpkg: str | Path) -> Path:
 
     with atomic_path(out_gpkg) as tmp:
         write_gpkg({"icebergs": bergs}, tmp)
-    return Path(out_gpkg)
+    return as_target(out_gpkg)
 
 
 __all__ = ["COLUMNS", "MAX_AREA_KM2", "compute_objects", "find_icebergs", "iceberg_summary", "lazy_objects", "objects_to_icebergs",
