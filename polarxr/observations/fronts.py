@@ -160,26 +160,25 @@ def lazy_ice_edge_positions(grid: xr.DataArray, transects: gpd.GeoDataFrame) -> 
     return out
 
 
-def front_positions(class_map: str | Path | xr.DataArray, boxes: str | Path | gpd.GeoDataFrame,
-                    chunk: int | None = None) -> dict[str, float]:
-    """Front position (m from each box's upstream edge) per box id, by the box method (module docstring)."""
+def _positions(class_map, features, read, lazy_positions, chunk: int | None) -> dict[str, float]:
+    """Compute ``lazy_positions`` of ``features`` (read in the class map's CRS by ``read``) on a class map."""
     from polarxr.scenes import open_class_map
 
     grid = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
-    boxes = read_boxes(boxes, grid.rio.crs)
-    lazy = lazy_front_positions(grid, boxes)
+    lazy = lazy_positions(grid, read(features, grid.rio.crs))
     return dict(zip(lazy, map(float, dask.compute(*lazy.values()))))
+
+
+def front_positions(class_map: str | Path | xr.DataArray, boxes: str | Path | gpd.GeoDataFrame,
+                    chunk: int | None = None) -> dict[str, float]:
+    """Front position (m from each box's upstream edge) per box id, by the box method (module docstring)."""
+    return _positions(class_map, boxes, read_boxes, lazy_front_positions, chunk)
 
 
 def ice_edge_positions(class_map: str | Path | xr.DataArray, transects: str | Path | gpd.GeoDataFrame,
                        chunk: int | None = None) -> dict[str, float]:
     """Ice-edge position (m of ice from each transect's start) per transect id (module docstring)."""
-    from polarxr.scenes import open_class_map
-
-    grid = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
-    transects = read_transects(transects, grid.rio.crs)
-    lazy = lazy_ice_edge_positions(grid, transects)
-    return dict(zip(lazy, map(float, dask.compute(*lazy.values()))))
+    return _positions(class_map, transects, read_transects, lazy_ice_edge_positions, chunk)
 
 
 __all__ = ["front_positions", "ice_edge_positions", "lazy_front_positions", "lazy_ice_edge_positions",
