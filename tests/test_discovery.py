@@ -24,17 +24,15 @@ import pytest
 import rasterio
 import shapely
 import shapely.geometry
-import torch
+from model_files import untrained_unet
 from stac_api_server import free_port
 
 from polarxr.discovery import DiscoveryError, SearchFilter, search_items
 from polarxr.discovery.assets import resolve_scene
 from polarxr.discovery.poll import DOWNLOADS_NAME, INBOX_NAME, STATE_NAME, poll
 from polarxr.ledger import Ledger
-from polarxr.models import build_model
 from polarxr.region import bounds_footprint
 from polarxr.synthetic import make_sequence
-from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 POLARXR = str(Path(sys.executable).parent / "polarxr")
 SAR = "https://stac-extensions.github.io/sar/v1.2.0/schema.json"
@@ -259,13 +257,7 @@ def test_an_api_that_does_not_answer_fails_within_seconds(tmp_path):
 
 def _checkpoint(path: Path) -> Path:
     """An untrained tiny U-Net in polarxr's checkpoint format (the model's quality is not tested here)."""
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": 3, "n_classes": 3, "width": 4, "depth": 2}).eval()
-    state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model_config": net.config,
-             "band_names": ["HH", "HV", "HH-HV"], "norm": {"mean": [128.0] * 3, "std": [50.0] * 3},
-             "patch_size": 64, "halo": net.halo, "pad_multiple": net.pad_multiple, "epoch": 0,
-             "state_dict": net.state_dict()}
-    return save_checkpoint(path, state)
+    return untrained_unet(path, ["HH", "HV", "HH-HV"], {"mean": [128.0] * 3, "std": [50.0] * 3})
 
 
 def _scene_item(scene, href: str) -> pystac.Item:

@@ -297,24 +297,18 @@ def test_open_scene_accepts_safe_and_zip(grd, geocoded):
 
 
 def test_process_inbox_ingests_products_once_keyed_by_product(tmp_path, grd):
-    import torch
+    from model_files import untrained_unet
 
     from polarxr.cluster import get_client
-    from polarxr.models import build_model
     from polarxr.pipeline import find_scenes, process_inbox
-    from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     shutil.copytree(grd.path, inbox / grd.path.name)
     shutil.copy2(grd.zip_path, inbox)  # the same product delivered twice
     assert [s.scene for s in find_scenes(inbox)] == [grd.name]
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}).eval()
-    checkpoint = save_checkpoint(tmp_path / "untrained.pt", {
-        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model_config": net.config,
-        "band_names": ["HH", "HV"], "norm": {"mean": [0.05, 0.01], "std": [0.05, 0.01]}, "patch_size": 64,
-        "halo": net.halo, "pad_multiple": net.pad_multiple, "epoch": 0, "state_dict": net.state_dict()})
+    checkpoint = untrained_unet(tmp_path / "untrained.pt", ["HH", "HV"],
+                                {"mean": [0.05, 0.01], "std": [0.05, 0.01]})
     out = tmp_path / "out"
     with get_client(n_workers=1, threads_per_worker=1, memory_limit="2GiB") as client:
         first = process_inbox(inbox, out, checkpoint, client=client, chunk=512)

@@ -23,16 +23,14 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-import torch
 from pyproj import CRS
+from model_files import untrained_unet
 
 from polarxr.cluster import get_client
 from polarxr.ledger import SCHEMA_VERSION, Ledger, LedgerError, Owner
-from polarxr.models import build_model
 from polarxr.pipeline import SceneOutputs, find_scenes, parse_duration, process_inbox, watch
 from polarxr.scenes import parse_product_name
 from polarxr.synthetic import make_sequence
-from polarxr.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (192, 192)
@@ -45,13 +43,8 @@ def data(tmp_path_factory):
     """Synthetic scenes with charts, and an untrained U-Net checkpoint in polarxr's checkpoint format."""
     root = tmp_path_factory.mktemp("pipeline-data")
     scenes = make_sequence(root / "scenes", n_scenes=N_SCENES, size=SIZE, seed=21)
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": 3, "n_classes": 3, "width": 4, "depth": 2}).eval()
-    state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "model_config": net.config,
-             "band_names": ["HH", "HV", "HH-HV"], "norm": {"mean": [128.0] * 3, "std": [50.0] * 3},
-             "patch_size": 64, "halo": net.halo, "pad_multiple": net.pad_multiple, "epoch": 0,
-             "state_dict": net.state_dict()}
-    return scenes, save_checkpoint(root / "untrained.pt", state)
+    return scenes, untrained_unet(root / "untrained.pt", ["HH", "HV", "HH-HV"],
+                                  {"mean": [128.0] * 3, "std": [50.0] * 3})
 
 
 @pytest.fixture(scope="module")
