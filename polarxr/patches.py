@@ -62,7 +62,7 @@ class PatchPositions:
 def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """``(band, y, x)`` raw values -> ``(float32 (raw - mean) / std, valid (y, x))``, per band.
 
-    Pixels without data (every band nodata or not finite) and any non-finite value (NaN, ±inf) become 0,
+    Pixels without data (:func:`polarxr.scenes.valid_pixels`) and any non-finite value (NaN, ±inf) become 0,
     the mean of the training data, for training and inference alike.
     """
     valid = valid_pixels(raw, nodata)
@@ -140,7 +140,7 @@ def extract_patches(scene: xr.DataArray, raster: xr.DataArray, positions: PatchP
 def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> dict:
     """Per-band count, mean and M2 (sum of squared deviations) over valid pixels, and label pixel counts.
 
-    A pixel is valid where any band holds data (not ``nodata``, finite), as :func:`polarxr.scenes.valid_mask`;
+    A pixel is valid by :func:`polarxr.scenes.valid_pixels` (8-bit: no band ``nodata``; float: a band finite);
     non-finite values (NaN, ±inf) of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
     """
     values = image.astype(np.float64)

@@ -258,28 +258,33 @@ def _product_measurement(path: str | Path) -> str:
 
 
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
-    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where any band holds data.
+    """Lazy ``DataArray(y, x)`` bool, chunked like the scene: True where the pixel holds data.
 
-    A value holds no data when it equals the scene's nodata or is not finite: NaN, and ±inf too (a dB
-    export has -inf where linear sigma0 is 0).
+    The rule is :func:`valid_pixels`'s: integer products need data in every band, float products in any band.
     """
-    nodata = scene.rio.nodata
-    floating = np.issubdtype(scene.dtype, np.floating)
-    invalid = ~np.isfinite(scene) if floating else xr.zeros_like(scene, dtype=bool)
-    if nodata is not None and not np.isnan(nodata):
-        invalid = invalid | (scene == nodata)
-    valid = ~invalid.all("band")
+    # band is the core dim: apply_ufunc moves it last; a scene is chunked by pixels, never by band
+    valid = xr.apply_ufunc(valid_pixels, scene, kwargs={"nodata": scene.rio.nodata, "band_axis": -1},
+                           input_core_dims=[["band"]], dask="parallelized", output_dtypes=[bool],
+                           dask_gufunc_kwargs={"allow_rechunk": True})
     valid.name = "valid"
     valid.attrs = {}
     return valid.drop_vars("band", errors="ignore")
 
 
 def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -> np.ndarray:
-    """True where any band holds data (not ``nodata``, finite): :func:`valid_mask` for a numpy block."""
-    missing = ~np.isfinite(values) if np.issubdtype(values.dtype, np.floating) else np.zeros(values.shape, bool)
+    """True where a pixel holds data, for a numpy block (``band_axis`` the bands): the one nodata rule.
+
+    A value is missing where it equals ``nodata`` or is not finite (NaN, and ±inf: a dB export has -inf
+    where linear sigma0 is 0). Integer products (the 8-bit rendering): a pixel is nodata where **any**
+    band is missing, since a valid 8-bit pixel is never ``nodata`` in any band, while the real
+    ExtremeEarth renderings write ``(0, 1, 1)`` in their margins. Float products: nodata only where
+    **every** band is missing, so the finite band of a half-calibrated pixel is kept.
+    """
+    floating = np.issubdtype(values.dtype, np.floating)
+    missing = ~np.isfinite(values) if floating else np.zeros(values.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         missing |= values == nodata
-    return ~missing.all(axis=band_axis)
+    return ~(missing.all(axis=band_axis) if floating else missing.any(axis=band_axis))
 
 
 def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:

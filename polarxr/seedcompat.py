@@ -58,6 +58,7 @@ from polarxr.cube import (SHARD, SPLIT_CODES, SPLITS, CubeLayout, CubeWriter, Sc
                           remove_scenes, writer_lock)
 from polarxr.errors import CubeError
 from polarxr.patches import merge_stats, patch_stats
+from polarxr.scenes import valid_pixels
 
 #: PIL modes the seed's PNGs can have, with their number of bands
 _MODES = {"L": 1, "RGB": 3, "RGBA": 4}
@@ -284,7 +285,7 @@ def mask_nodata(image: np.ndarray) -> np.ndarray:
     not 0 in every band: the real ExtremeEarth renderings hold ``(0, 1, 1)`` there (scene band order).
     The cube's convention is nodata 0 in every band, which normalisation and statistics rely on.
     """
-    missing = (image == 0).any(axis=1)
+    missing = ~valid_pixels(image, 0, band_axis=1)
     image[np.broadcast_to(missing[:, None], image.shape)] = 0
     return missing.mean(axis=(1, 2))
 

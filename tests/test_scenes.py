@@ -72,6 +72,31 @@ def test_valid_mask_and_float_product(tmp_path):
     assert not values[:, :10].any() and values[:, 10:].all()
 
 
+def test_real_8bit_margin_0_1_1_is_nodata_everywhere(tmp_path):
+    """The ExtremeEarth 8-bit renderings write (0, 1, 1) in their margins, not 0 in every band."""
+    from polarxr.patches import labels_where_valid, normalise
+    from polarxr.scenes import valid_pixels
+
+    path = write_scene(tmp_path / PRODUCT, shape=(96, 80), nodata_margin=0)
+    with rasterio.open(path, "r+") as dst:
+        data = dst.read()
+        data[:, :, :12] = np.array([0, 1, 1], np.uint8)[:, None, None]  # real-looking margin
+        data[:, 40, 40] = 1  # a valid pixel at the bottom of the DN range
+        dst.write(data)
+    scene = open_scene(path, chunks=32)
+    mask = valid_mask(scene).values
+    assert not mask[:, :12].any() and mask[:, 12:].all()
+    block = scene.values
+    np.testing.assert_array_equal(valid_pixels(block, 0), mask)
+    labels = labels_where_valid(block, np.full(mask.shape, 2, np.uint8), 0, 255)  # what sample trains on
+    assert (labels[:, :12] == 255).all() and (labels[:, 12:] == 2).all()
+    image, valid = normalise(block, [100.0] * 3, [50.0] * 3, 0)  # what predict and training feed the model
+    assert not valid[:, :12].any() and (image[:, :, :12] == 0).all()
+    # float products keep a pixel whose other band is finite (nodata only where every band is missing)
+    half = np.array([[[np.nan, np.nan]], [[np.nan, 0.2]]], np.float32)
+    np.testing.assert_array_equal(valid_pixels(half, np.nan), [[False, True]])
+
+
 def test_catalog_pairs_scenes_with_charts(tmp_path):
     scenes, charts = tmp_path / "scenes", tmp_path / "charts"
     scenes.mkdir(), charts.mkdir()
