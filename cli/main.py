@@ -7,6 +7,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+from polarxr.cli import adaptation_commands  # noqa: F401  (registers commands)
 from polarxr.cli import cluster_commands  # noqa: F401  (registers commands)
 from polarxr.cli import cube_commands  # noqa: F401  (registers commands)
 from polarxr.cli import discovery_commands  # noqa: F401  (registers commands)

@@ -31,30 +31,37 @@ def _score(value) -> str:
 @app.command("evaluate-patches")
 def evaluate_patches_command(
     cube: Annotated[Path, typer.Argument(help="Zarr training cube (polarxr sample / import-patches).")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint of polarxr train.")],
+    checkpoint: Annotated[list[Path], typer.Option(
+        "--checkpoint", help="Checkpoint of polarxr train; repeat it for an ensemble (class probabilities "
+        "averaged over the checkpoints).")],
     split: Annotated[PatchSplit, typer.Option("--split", help="Patches to score.")] = PatchSplit.val,
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
     window: Annotated[int, typer.Option("--window", min=1, help="Segmenters: edge (px) of the central window "
                                         "whose mean probability is the patch class.")] = 8,
     exclude_flagged: Annotated[bool, typer.Option(
         "--exclude-flagged", help="Leave out patches flagged at import (default: score them, report apart).")] = False,
+    tta: Annotated[bool, typer.Option(
+        "--tta", help="Test-time augmentation: average the class probabilities over the 8 flips / rotations "
+        "of each patch (8x the compute).")] = False,
     device: Annotated[str, typer.Option("--device", help="torch device.")] = "cpu",
 ) -> None:
     """Score a checkpoint on a cube's patches: accuracy, per-class precision/recall/F1, confusion matrix.
 
     A patch's truth is its patch label; a segmenter's answer is the class of the central 8 x 8 px window
-    (argmax of the mean softmax there), a patch classifier's its output.
+    (argmax of the mean softmax there), a patch classifier's its output. With --tta and several
+    --checkpoint, the class probabilities are averaged over the flips / rotations and the checkpoints.
     """
     from polarxr.evaluate import to_json
     from polarxr.patch_evaluation import evaluate_patches
 
-    scores = evaluate_patches(cube, checkpoint, str(split), device=device, window=window,
-                              exclude_flagged=exclude_flagged)
+    scores = evaluate_patches(cube, checkpoint[0] if len(checkpoint) == 1 else checkpoint, str(split),
+                              device=device, window=window, exclude_flagged=exclude_flagged, tta=tta)
     if json_out:
         typer.echo(to_json(scores))
         return
     names = scores["class_names"]
-    table = Table(title=f"{checkpoint} on {cube} ({split}: {scores['n_patches']} patches, "
+    names_ck = ", ".join(str(c) for c in checkpoint)
+    table = Table(title=f"{names_ck}{' (TTA)' if tta else ''} on {cube} ({split}: {scores['n_patches']} patches, "
                         f"{scores['n_flagged']} flagged)",
                   caption=f"accuracy {_score(scores['accuracy'])}, mean F1 {_score(scores['mean_f1'])}; "
                           f"without flagged patches "

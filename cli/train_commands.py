@@ -40,6 +40,13 @@ class Weighting(StrEnum):
     none = "none"
 
 
+class TrainSplits(StrEnum):
+    """Splits whose patches train the model."""
+
+    train = "train"
+    train_val = "train+val"
+
+
 class Schedule(StrEnum):
     """Learning-rate schedules."""
 
@@ -117,6 +124,16 @@ def train_command(
     weighting: Annotated[Weighting, typer.Option(
         "--class-weights", help="inverse: inverse-frequency class weights (rare classes count more: mean IoU); "
         "none: plain cross entropy, as the seed (overall accuracy).")] = Weighting.inverse,
+    label_smoothing: Annotated[float, typer.Option(
+        "--label-smoothing", min=0.0, max=0.99, help="Label smoothing eps of the cross entropy (target 1 - eps "
+        "on the label, eps / 3 on every class): bounds what a wrong label costs; 0.1 for noisy labels such as "
+        "the seed's patch set.")] = 0.0,
+    train_splits: Annotated[TrainSplits, typer.Option(
+        "--train-splits", help="train, or train+val: the final model once every setting was chosen on val "
+        "(no validation then: no best.pt; last.pt is the model).")] = TrainSplits.train,
+    batchnorm: Annotated[bool, typer.Option(
+        "--batchnorm", help="Patch classifier: batch normalisation after each convolution (its statistics "
+        "can then be re-estimated on unlabelled patches of another domain: polarxr adapt-bn).")] = False,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch CPU threads (default: torch's). On a small or busy machine 1 can be "
         "several times faster than more, as OpenMP threads spin-wait for cores.")] = None,
@@ -135,6 +152,13 @@ def train_command(
     if model == ModelName.patchcnn:
         options.pop("depth", None)
         options.pop("pool", None)
+    if batchnorm:
+        if model != ModelName.patchcnn:
+            from polarxr.errors import PolarxrError
+
+            raise PolarxrError(None, "--batchnorm is an option of --model patchcnn (the U-Net always has batch "
+                                     "normalisation)")
+        options["batchnorm"] = True
     if threads is not None:
         import torch
 
@@ -144,7 +168,8 @@ def train_command(
                        device=str(device), seed=seed, save_interval=save_interval, run_number=run_number,
                        resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model or "model")),
                        model_options=options, schedule=str(schedule), init=init, centre_window=centre_window,
-                       weighting=str(weighting))
+                       weighting=str(weighting), label_smoothing=label_smoothing,
+                       train_splits=str(train_splits))
     table = Table(title=f"{result.model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]

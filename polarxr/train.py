@@ -95,9 +95,15 @@ def class_weights(class_counts: Mapping | list, n_classes: int = N_CLASSES) -> t
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Class-weighted mean cross entropy over targets that are not 255; 0 (not NaN) when all are 255."""
-    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="sum")
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
+    """Class-weighted mean cross entropy over targets that are not 255; 0 (not NaN) when all are 255.
+
+    ``label_smoothing`` (0 <= eps < 1): the target is ``1 - eps`` on the label and ``eps / C`` on every class,
+    which bounds the loss a wrong label can cause (a simple defence against label noise).
+    """
+    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="sum",
+                           label_smoothing=label_smoothing)
     valid = target != NO_LABEL
     norm = weight[target.clamp(max=len(weight) - 1)][valid].sum()
     return loss / norm.clamp(min=1e-12)
@@ -156,7 +162,13 @@ def _cube_info(cube_path: Path) -> dict:
     }
 
 
-def _datasets(cube_path: Path):
+#: Split sets ``train`` accepts: the usual one, and train + val for a final model once settings are chosen.
+TRAIN_SPLITS = ("train", "train+val")
+
+
+def _datasets(cube_path: Path, train_splits: str = "train"):
+    from torch.utils.data import ConcatDataset
+
     from polarxr.datasets import PatchDataset
 
     # augmentation is applied batch-wise in the loop, seeded per epoch, so the cube's own flag stays off;
@@ -165,6 +177,9 @@ def _datasets(cube_path: Path):
     val_set = PatchDataset(cube_path, split="val", augment=False, exclude_flagged=True)
     if len(train_set) == 0:
         raise CubeError(cube_path, "has no patches in the 'train' split")
+    if train_splits == "train+val":
+        # the val patches train too: nothing is left to validate on, so no best.pt either
+        return ConcatDataset([train_set, val_set]), None
     return train_set, val_set
 
 
@@ -351,6 +366,8 @@ def train(
     init: str | Path | None = None,
     centre_window: int | None = None,
     weighting: str = "inverse",
+    label_smoothing: float = 0.0,
+    train_splits: str = "train",
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
@@ -372,7 +389,11 @@ def train(
     (imported patch sets), else off (dense labels).
 
     ``weighting``: "inverse" (inverse-frequency class weights, for mean IoU / F1 on rare classes) or "none"
-    (plain cross entropy, as the seed: for overall accuracy).
+    (plain cross entropy, as the seed: for overall accuracy). ``label_smoothing``: see
+    :func:`weighted_cross_entropy` (0.1 suits labels known to be noisy, such as the seed's patch set).
+
+    ``train_splits``: "train", or "train+val" to train the final model on both once every setting was chosen
+    on val (no validation then: ``best.pt`` is not written, ``last.pt`` is the model).
     """
     if weighting not in WEIGHTINGS:
         raise PolarxrError(None, f"unknown class weighting {weighting!r}; use {' or '.join(WEIGHTINGS)}")
@@ -384,11 +405,15 @@ def train(
     if epochs < 1 or batch_size < 1 or save_interval < 1 or not lr > 0:
         raise PolarxrError(None, f"epochs, batch size, save interval and lr must be positive "
                                  f"(got {epochs}, {batch_size}, {save_interval}, {lr})")
+    if not 0 <= label_smoothing < 1:
+        raise PolarxrError(None, f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if train_splits not in TRAIN_SPLITS:
+        raise PolarxrError(None, f"unknown training splits {train_splits!r}; use {' or '.join(TRAIN_SPLITS)}")
     if schedule not in SCHEDULES:
         raise PolarxrError(None, f"unknown learning-rate schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
     cube_path, run_dir = Path(cube_path), Path(out_dir)
     info = _cube_info(cube_path)
-    train_set, val_set = _datasets(cube_path)
+    train_set, val_set = _datasets(cube_path, train_splits)
     dev = resolve_device(device)
     amp_dtype = None
     if dev.type == "cuda":
@@ -439,7 +464,7 @@ def train(
         steps = min(steps, max_steps_per_epoch)
     if progress:
         progress("start", {"epochs": epochs, "start_epoch": start_epoch, "steps": steps, "device": str(dev)})
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if len(val_set) else None
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if val_set is not None and len(val_set) else None
     meta = {"band_names": info["band_names"], "radiometry": info["radiometry"], "norm": info["norm"],
             "patch_size": info["patch_size"],
             "seed": seed, "run_number": run_number, "cube": str(cube_path),
@@ -447,7 +472,8 @@ def train(
             "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
                          "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
                          "init": None if init is None else str(init),
-                         "centre_window": centre_window, "weighting": weighting}}
+                         "centre_window": centre_window, "weighting": weighting,
+                         "label_smoothing": label_smoothing, "train_splits": train_splits}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -464,7 +490,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = step_lr
             logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment, centre_window)
-            loss = weighted_cross_entropy(logits, target, weight)
+            loss = weighted_cross_entropy(logits, target, weight, label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

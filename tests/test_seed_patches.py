@@ -230,3 +230,108 @@ def test_real_polar_patch_folder_imports_as_published(tmp_path):
     image = ds.image.values
     valid = (image != 0).all(axis=1)
     assert ((image == 0).all(axis=1) | valid).all()  # nodata is 0 in every band after import
+
+
+def _constant_classifier(path: Path, bias: list[float], size: int = 16, batchnorm: bool = False, seed: int = 0,
+                         zero: bool = True) -> Path:
+    """A tiny patch classifier checkpoint; with ``zero`` its answer is ``bias`` whatever the patch."""
+    from polarxr.models import build_model
+    from polarxr.train import make_checkpoint, save_checkpoint
+
+    torch.manual_seed(seed)
+    config = {"name": "patchcnn", "in_channels": 3, "n_classes": 3, "width": 4, "patch_size": size}
+    net = build_model(config | ({"batchnorm": True} if batchnorm else {}))
+    with torch.no_grad():
+        if zero:
+            net.classifier[-1].weight.zero_()
+        net.classifier[-1].bias.copy_(torch.tensor(bias))
+    return save_checkpoint(path, make_checkpoint(net.eval(), band_names=["red", "green", "blue"],
+                                                 norm={"mean": [0.0] * 3, "std": [1.0] * 3}, patch_size=size))
+
+
+def test_evaluate_patches_ensemble_and_test_time_augmentation(tmp_path):
+    from polarxr.patch_evaluation import SYMMETRIES, evaluate_patches, predict_cube_patches
+    from polarxr.train import load_checkpoint
+
+    _write_set(tmp_path / "set", n=24)
+    cube = tmp_path / "c.zarr"
+    import_seed_patches(tmp_path / "set", cube, split_index="0.5")
+    sea = _constant_classifier(tmp_path / "sea.pt", [0.0, 4.0, 1.0])  # softmax sea 0.94, ice 0.05
+    ice = _constant_classifier(tmp_path / "ice.pt", [0.0, 0.0, 5.0])  # ice 0.99: the average says ice
+    both = json.loads(_cli("evaluate-patches", str(cube), "--checkpoint", str(sea), "--checkpoint", str(ice), "--json"))
+    assert both["confusion_matrix"] == [[0, 0, 4], [0, 0, 4], [0, 0, 4]]
+    assert both["checkpoint"] == [str(sea), str(ice)]
+    p = torch.tensor([[0.0, 4.0, 1.0], [0.0, 0.0, 5.0]]).softmax(1).mean(0).numpy()
+    out = predict_cube_patches(cube, [sea, ice], "val")
+    np.testing.assert_allclose(out["probabilities"], np.broadcast_to(p, (12, 3)), rtol=1e-5)
+
+    # TTA: the mean of the class probabilities of the 8 flips / rotations, computed here by hand
+    rand = _constant_classifier(tmp_path / "rand.pt", [0.0, 0.0, 0.0], zero=False, seed=3)
+    tta = predict_cube_patches(cube, rand, "val", tta=True)
+    net, _ = load_checkpoint(rand)
+    x = torch.from_numpy(open_cube(cube).image.values[tta["index"]].astype(np.float32))
+    x[(x == 0).all(1, keepdim=True).expand_as(x)] = 0.0
+    views = [torch.rot90(x.flip(-1) if m else x, k, (-2, -1)) for k, m in SYMMETRIES]
+    with torch.no_grad():
+        expected = torch.stack([net(v).softmax(1) for v in views]).mean(0).numpy()
+    np.testing.assert_allclose(tta["probabilities"], expected, rtol=1e-4, atol=1e-6)
+    plain = predict_cube_patches(cube, rand, "val")["probabilities"]
+    assert not np.allclose(plain, expected, atol=1e-4)  # the views differ, so TTA changes the answer
+    assert evaluate_patches(cube, rand, "val", tta=True)["tta"] is True
+
+
+def test_train_label_smoothing_and_final_model_on_train_plus_val(tmp_path):
+    _write_set(tmp_path / "set", n=40)
+    cube = tmp_path / "c.zarr"
+    import_seed_patches(tmp_path / "set", cube, split_index="0.5")  # 20 train (3 flagged), 20 val (3 flagged)
+    out = _cli("train", "--cube", str(cube), "--out", str(tmp_path / "run"), "--model", "patchcnn", "--width", "4",
+               "--epochs", "1", "--batch-size", "2", "--label-smoothing", "0.1", "--train-splits", "train+val",
+               "--batchnorm", "--device", "cpu")
+    assert "checkpoint:" in out
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["training"]["label_smoothing"] == 0.1 and state["training"]["train_splits"] == "train+val"
+    assert state["model_config"]["batchnorm"] is True
+    assert state["history"][0]["steps"] == 17  # (17 + 17) patches with imagery / batch 2
+    assert not (tmp_path / "run" / "best.pt").exists()  # nothing left to validate on
+    from polarxr.train import weighted_cross_entropy
+
+    logits, target, ones = torch.tensor([[9.0, 0.0, 0.0]]), torch.tensor([1]), torch.ones(3)
+    # smoothing bounds the cost of a confidently contradicted (possibly wrong) label... and charges certainty
+    assert weighted_cross_entropy(logits, target, ones, 0.1) < weighted_cross_entropy(logits, target, ones)
+    assert weighted_cross_entropy(torch.tensor([[0.0, 9.0, 0.0]]), target, ones, 0.1) > 0.1
+
+
+def test_adapt_bn_re_estimates_statistics_on_unlabelled_patches(tmp_path):
+    from polarxr.adaptation import adapt_batchnorm, batchnorm_layers
+    from polarxr.train import load_checkpoint
+
+    _write_set(tmp_path / "set", n=24)
+    cube = tmp_path / "c.zarr"
+    import_seed_patches(tmp_path / "set", cube, split_index="0.5")
+    source = _constant_classifier(tmp_path / "src.pt", [0.0, 0.0, 0.0], batchnorm=True, zero=False)
+    adapted = tmp_path / "adapted.pt"
+    out = _cli("adapt-bn", str(source), "--cube", str(cube), "--out", str(adapted), "--split", "train")
+    assert "no label read" in out
+    net, meta = load_checkpoint(adapted)
+    attrs = open_cube(cube).attrs
+    assert meta["norm"]["mean"] == pytest.approx(attrs["norm"]["mean"])
+    assert meta["adaptation"]["patches"] == 10 and meta["adaptation"]["labels_used"] is False  # 12 rows, 2 flagged
+    # the first batch norm now holds the mean / variance of the first convolution over those 10 patches
+    ds = open_cube(cube)
+    keep = np.setdiff1d(np.arange(12), [5, 11])
+    raw = ds.image.values[keep].astype(np.float32)
+    mean, std = (np.asarray(attrs["norm"][k], np.float32)[:, None, None] for k in ("mean", "std"))
+    x = torch.from_numpy(np.where((raw == 0).all(1, keepdims=True), 0.0, (raw - mean) / std).astype(np.float32))
+    with torch.no_grad():
+        conv = net.features[0](x)
+    bn = batchnorm_layers(net)[0]
+    np.testing.assert_allclose(bn.running_mean.numpy(), conv.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.running_var.numpy(), conv.var((0, 2, 3)).numpy(), rtol=1e-3)
+    plain = _constant_classifier(tmp_path / "plain.pt", [0.0, 0.0, 0.0])
+    with pytest.raises(ModelError, match="no batch-normalisation layers"):
+        adapt_batchnorm(plain, cube, tmp_path / "x.pt", input_norm="checkpoint")
+    other = tmp_path / "other.zarr"
+    import_seed_patches(tmp_path / "set", other, split_index="0.5", band_names=("HH", "HV", "ratio"))
+    with pytest.raises(ModelError, match="trained on bands"):
+        adapt_batchnorm(source, other, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
