@@ -115,14 +115,39 @@ def train_seed(cube: Path, work: Path, epochs: int = 3, seed: int = 0) -> Path:
 
 
 def train_polarxr(cube: Path, run: Path, epochs: int, lr: float, threads: int, model: str, weighting: str,
-                  init: Path | None = None) -> Path:
+                  init: Path | None = None, recipe: tuple[str, ...] = (), seed: int = 0) -> Path:
+    """``polarxr train`` into ``run`` (skipped when it already holds ``epochs`` epochs); its ``best.pt``
+    (best validation mean IoU) or, trained on train+val or without validation, ``last.pt``."""
     best = run / "best.pt"
     if not (run / "last.pt").exists() or json.loads((run / "log.json").read_text())[-1]["epoch"] < epochs:
         args = [POLARXR, "train", "--cube", str(cube), "--out", str(run), "--epochs", str(epochs), "--lr", str(lr),
-                "--threads", str(threads), "--device", "cpu", "--class-weights", weighting]
+                "--threads", str(threads), "--device", "cpu", "--class-weights", weighting, "--seed", str(seed),
+                *recipe]
         args += ["--init", str(init)] if init else ["--model", model]
+        if init:  # the model's own options (width, batch norm) come with the checkpoint
+            args = [a for i, a in enumerate(args) if a != "--batchnorm" and a != "--width"
+                    and (i == 0 or args[i - 1] != "--width")]
         _run(args, run.with_suffix(".log"))
-    return best if best.exists() else run / "last.pt"
+    return best if best.exists() and "train+val" not in recipe else run / "last.pt"
+
+
+def train_members(cube: Path, run: Path, members: int, **kwargs) -> list[Path]:
+    """An ensemble: ``members`` runs that differ only by their seed (``run/seed{k}``)."""
+    if members == 1:
+        return [train_polarxr(cube, run, **kwargs)]
+    return [train_polarxr(cube, run / f"seed{k}", seed=k, **kwargs) for k in range(members)]
+
+
+def adapt(checkpoints: list[Path], cube: Path, work: Path, threads: int) -> list[Path]:
+    """``polarxr adapt-bn`` of each checkpoint on the real cube's train images (no label read)."""
+    out = []
+    for k, ckpt in enumerate(checkpoints):
+        target = work / f"adapted{k}.pt"
+        if not target.exists():
+            _run([POLARXR, "adapt-bn", str(ckpt), "--cube", str(cube), "--out", str(target), "--split", "train",
+                  "--threads", str(threads)], work / f"adapt{k}.log")
+        out.append(target)
+    return out
 
 
 def synthetic_cube(work: Path, scenes: int, size: int, seed: int) -> Path:
@@ -136,16 +161,20 @@ def synthetic_cube(work: Path, scenes: int, size: int, seed: int) -> Path:
     return cube
 
 
-def score(cube: Path, checkpoint: Path, work: Path, name: str) -> dict:
-    out = _run([POLARXR, "evaluate-patches", str(cube), "--checkpoint", str(checkpoint), "--split", "test", "--json"],
-               work / f"eval-{name}.log")
+def score(cube: Path, checkpoint: Path | list[Path], work: Path, name: str, split: str = "test",
+          tta: bool = False) -> dict:
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    args = [POLARXR, "evaluate-patches", str(cube), "--split", split, "--json", *(["--tta"] if tta else [])]
+    for ckpt in checkpoints:
+        args += ["--checkpoint", str(ckpt)]
+    out = _run(args, work / f"eval-{name}-{split}.log")
     scores = json.loads(out)
     from polarxr.evaluate import confusion_matrix, metrics_from_confusion
     from polarxr.patch_evaluation import predict_cube_patches
 
     import zarr
 
-    pred = predict_cube_patches(cube, checkpoint, "test")
+    pred = predict_cube_patches(cube, checkpoints, split, tta=tta)
     root = zarr.open_group(cube, mode="r")
     rows, cols = root["row"][:][pred["index"]], root["col"][:][pred["index"]]
     clean = np.abs(rows - cols) < CLEAN
@@ -154,17 +183,17 @@ def score(cube: Path, checkpoint: Path, work: Path, name: str) -> dict:
     return scores
 
 
-def table(results: dict[str, dict]) -> str:
-    lines = ["| model | trained on | accuracy (all test) | accuracy (with imagery) | accuracy (clean labels) | "
+def table(results: dict[str, dict], split: str = "test") -> str:
+    lines = [f"| model | trained on | accuracy (all {split}) | accuracy (with imagery) | accuracy (clean labels) | "
              "F1 land | F1 sea | F1 ice |", "|---|---|---|---|---|---|---|---|"]
-    what = {"seed": "real", "polarxr, real": "real", "polarxr, synthetic only": "synthetic",
+    what = {"seed": "real", "polarxr, real": "real", "polarxr, synthetic only": "synthetic (no real label)",
             "polarxr, synthetic + fine-tune": "synthetic, then real"}
     for name, s in results.items():
         f1 = [s["per_class"][c]["f1"] for c in ("land", "sea", "ice")]
         lines.append(f"| {name} | {what[name]} | {s['accuracy']:.3f} | {s['unflagged']['accuracy']:.3f} | "
                      f"{s['clean']['accuracy']:.3f} | " + " | ".join(f"{v:.3f}" for v in f1) + " |")
     first = next(iter(results.values()))
-    lines.append(f"\n{first['n_patches']} test patches ({first['n_flagged']} mostly nodata), "
+    lines.append(f"\n{first['n_patches']} {split} patches ({first['n_flagged']} mostly nodata), "
                  f"{first['clean']['n_patches']} with clean labels; all scored on real imagery.")
     return "\n".join(lines)
 
@@ -174,8 +203,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of the real patches (meta.csv, images/)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-out" / "real_patches")
     parser.add_argument("--rows", default="seed,real,synthetic,finetune")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="rows scored: val while choosing settings (then nothing trains on val), test once")
     parser.add_argument("--model", default="patchcnn", help="polarxr's model for the polarxr rows")
     parser.add_argument("--class-weights", default="none", help="polarxr train --class-weights")
+    parser.add_argument("--width", type=int, default=None, help="polarxr train --width")
+    parser.add_argument("--batchnorm", action="store_true", help="polarxr train --batchnorm")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="polarxr train --label-smoothing")
+    parser.add_argument("--members", type=int, default=1, help="ensemble size (seeds 0..N-1) of the polarxr rows")
+    parser.add_argument("--tta", action="store_true", help="evaluate-patches --tta for the polarxr rows")
+    parser.add_argument("--final", action="store_true",
+                        help="the real and fine-tune rows train on train+val (polarxr train --train-splits "
+                             "train+val): only with --split test, once settings were chosen on val")
+    parser.add_argument("--adapt-bn", action="store_true",
+                        help="synthetic row: polarxr adapt-bn on the real train images (no label)")
     parser.add_argument("--epochs", type=int, default=6, help="polarxr, real")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--synth-epochs", type=int, default=4)
@@ -187,6 +228,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "real_patches.md")
     args = parser.parse_args()
+    if args.final and args.split == "val":
+        parser.error("--final trains on the val rows: score --split test")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -195,31 +238,37 @@ def main() -> None:
     rows = args.rows.split(",")
     print(f"load average {os.getloadavg()}", flush=True)
     cube = import_real(args.data, work)
+    recipe = (*(["--width", str(args.width)] if args.width else []), *(["--batchnorm"] if args.batchnorm else []),
+              "--label-smoothing", str(args.label_smoothing))
+    real_recipe = (*recipe, *(["--train-splits", "train+val"] if args.final else []))
+    tag = "-final" if args.final else ""
+    common = {"threads": args.threads, "model": args.model, "weighting": args.class_weights}
     results: dict[str, dict] = {}
     if "seed" in rows:
-        results["seed"] = score(cube, train_seed(cube, work), work, "seed")
-    if "real" in rows or "finetune" in rows:
-        real = train_polarxr(cube, work / "real", args.epochs, args.lr, args.threads, args.model, args.class_weights)
-        if "real" in rows:
-            results["polarxr, real"] = score(cube, real, work, "real")
+        results["seed"] = score(cube, train_seed(cube, work), work, "seed", args.split)
+    if "real" in rows:
+        real = train_members(cube, work / f"real{tag}", args.members, epochs=args.epochs, lr=args.lr,
+                             recipe=real_recipe, **common)
+        results["polarxr, real"] = score(cube, real, work, "real" + tag, args.split, args.tta)
     if "synthetic" in rows or "finetune" in rows:
-        synth = train_polarxr(synthetic_cube(work, args.synth_scenes, args.synth_size, args.synth_seed),
-                              work / "synthetic", args.synth_epochs, args.lr, args.threads, args.model,
-                              args.class_weights)
+        synth = train_members(synthetic_cube(work, args.synth_scenes, args.synth_size, args.synth_seed),
+                              work / "synthetic", args.members, epochs=args.synth_epochs, lr=args.lr, recipe=recipe,
+                              **common)
         if "synthetic" in rows:
-            results["polarxr, synthetic only"] = score(cube, synth, work, "synthetic")
+            scored = adapt(synth, cube, work / "synthetic", args.threads) if args.adapt_bn else synth
+            results["polarxr, synthetic only"] = score(cube, scored, work, "synthetic", args.split, args.tta)
         if "finetune" in rows:
-            tuned = train_polarxr(cube, work / "finetune", args.finetune_epochs, args.finetune_lr, args.threads,
-                                  args.model, args.class_weights, init=synth)
-            results["polarxr, synthetic + fine-tune"] = score(cube, tuned, work, "finetune")
-    text = table(results)
+            tuned = [train_polarxr(cube, work / f"finetune{tag}" / f"seed{k}", args.finetune_epochs, args.finetune_lr,
+                                   init=ckpt, recipe=real_recipe, seed=k, **common) for k, ckpt in enumerate(synth)]
+            results["polarxr, synthetic + fine-tune"] = score(cube, tuned, work, "finetune" + tag, args.split, args.tta)
+    text = table(results, args.split)
     print(text)
     load = os.getloadavg()
     command = "python benchmarks/real_patches.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = (f"# Real patches (polar-patch): seed recipe vs polarxr\n\n`{command}`\n\n{text}\n\n"
               f"Load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2 shared cores).\n")
-    (work / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    if set(rows) == {"seed", "real", "synthetic", "finetune"}:
+    (work / f"results-{args.split}{tag}.json").write_text(json.dumps(results, indent=1, default=float))
+    if set(rows) == {"seed", "real", "synthetic", "finetune"} and args.split == "test":
         args.report.write_text(report)
         print(f"written {args.report}")
 

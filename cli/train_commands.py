@@ -131,6 +131,10 @@ def train_command(
     train_splits: Annotated[TrainSplits, typer.Option(
         "--train-splits", help="train, or train+val: the final model once every setting was chosen on val "
         "(no validation then: no best.pt; last.pt is the model).")] = TrainSplits.train,
+    intensity_jitter: Annotated[float, typer.Option(
+        "--intensity-jitter", min=0.0, max=2.0, help="Radiometric domain randomisation: each training patch's "
+        "bands get a random gain exp(s N) and offset s N (normalised units, s this value; 0 = off). 0.3 for a "
+        "model trained on polarxr synth scenes and meant for the real product.")] = 0.0,
     batchnorm: Annotated[bool, typer.Option(
         "--batchnorm", help="Patch classifier: batch normalisation after each convolution (its statistics "
         "can then be re-estimated on unlabelled patches of another domain: polarxr adapt-bn).")] = False,
@@ -169,7 +173,7 @@ def train_command(
                        resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model or "model")),
                        model_options=options, schedule=str(schedule), init=init, centre_window=centre_window,
                        weighting=str(weighting), label_smoothing=label_smoothing,
-                       train_splits=str(train_splits))
+                       train_splits=str(train_splits), intensity_jitter=intensity_jitter)
     table = Table(title=f"{result.model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]

@@ -130,6 +130,20 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
     return images, labels
 
 
+def jitter_intensity(images: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Random per-patch, per-band gain ``exp(sigma * N(0, 1))`` and offset ``sigma * N(0, 1)`` of normalised
+    ``images (N, band, y, x)``; nodata pixels (0 in every band) stay 0.
+
+    Domain randomisation of the radiometry: a model trained on synthetic scenes otherwise learns their exact
+    DN levels, which the real product's unknown processing (gain, DN curve) does not reproduce.
+    """
+    n, bands = images.shape[:2]
+    gain = torch.exp(sigma * torch.randn(n, bands, 1, 1, generator=generator))
+    offset = sigma * torch.randn(n, bands, 1, 1, generator=generator)
+    valid = (images != 0).any(1, keepdim=True)
+    return torch.where(valid, images * gain + offset, images)
+
+
 # --------------------------------------------------------------------------------------------- data
 def _cube_info(cube_path: Path) -> dict:
     """Band names, normalisation, patch size and class weights of a cube; :class:`CubeError` when unusable.
@@ -214,7 +228,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 # ------------------------------------------------------------------------------------------ training
 def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dtype, generator=None,
-                             centre_window: int | None = None):
+                             centre_window: int | None = None, intensity_jitter: float = 0.0):
     image, label, patch_label = batch
     if net.dense and centre_window:
         label = centre_window_target(patch_label, label.shape[-1], centre_window)
@@ -223,6 +237,8 @@ def _batch_logits_and_target(net: nn.Module, batch, device: torch.device, amp_dt
         image, target = augment_batch(image, target, generator)
     elif generator is not None:
         image, _ = augment_batch(image, label, generator)
+    if generator is not None and intensity_jitter:
+        image = jitter_intensity(image, intensity_jitter, generator)
     image = image.to(device, non_blocking=True)
     target = target.to(device, non_blocking=True).long()
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -368,6 +384,7 @@ def train(
     weighting: str = "inverse",
     label_smoothing: float = 0.0,
     train_splits: str = "train",
+    intensity_jitter: float = 0.0,
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
@@ -394,6 +411,9 @@ def train(
 
     ``train_splits``: "train", or "train+val" to train the final model on both once every setting was chosen
     on val (no validation then: ``best.pt`` is not written, ``last.pt`` is the model).
+
+    ``intensity_jitter``: sigma of :func:`jitter_intensity` (0: off), radiometric domain randomisation
+    for models trained on synthetic scenes and meant for real ones.
     """
     if weighting not in WEIGHTINGS:
         raise PolarxrError(None, f"unknown class weighting {weighting!r}; use {' or '.join(WEIGHTINGS)}")
@@ -407,6 +427,8 @@ def train(
                                  f"(got {epochs}, {batch_size}, {save_interval}, {lr})")
     if not 0 <= label_smoothing < 1:
         raise PolarxrError(None, f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if not 0 <= intensity_jitter <= 2:
+        raise PolarxrError(None, f"intensity jitter must be in [0, 2] (normalised units), got {intensity_jitter}")
     if train_splits not in TRAIN_SPLITS:
         raise PolarxrError(None, f"unknown training splits {train_splits!r}; use {' or '.join(TRAIN_SPLITS)}")
     if schedule not in SCHEDULES:
@@ -473,7 +495,8 @@ def train(
                          "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
                          "init": None if init is None else str(init),
                          "centre_window": centre_window, "weighting": weighting,
-                         "label_smoothing": label_smoothing, "train_splits": train_splits}}
+                         "label_smoothing": label_smoothing, "train_splits": train_splits,
+                         "intensity_jitter": intensity_jitter}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -489,7 +512,8 @@ def train(
             step_lr = learning_rate(lr, (epoch - 1) * steps + step - 1, epochs * steps, schedule)
             for group in optimizer.param_groups:
                 group["lr"] = step_lr
-            logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment, centre_window)
+            logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment, centre_window,
+                                                      intensity_jitter)
             loss = weighted_cross_entropy(logits, target, weight, label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -286,11 +286,11 @@ def test_train_label_smoothing_and_final_model_on_train_plus_val(tmp_path):
     import_seed_patches(tmp_path / "set", cube, split_index="0.5")  # 20 train (3 flagged), 20 val (3 flagged)
     out = _cli("train", "--cube", str(cube), "--out", str(tmp_path / "run"), "--model", "patchcnn", "--width", "4",
                "--epochs", "1", "--batch-size", "2", "--label-smoothing", "0.1", "--train-splits", "train+val",
-               "--batchnorm", "--device", "cpu")
+               "--batchnorm", "--intensity-jitter", "0.3", "--device", "cpu")
     assert "checkpoint:" in out
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["training"]["label_smoothing"] == 0.1 and state["training"]["train_splits"] == "train+val"
-    assert state["model_config"]["batchnorm"] is True
+    assert state["model_config"]["batchnorm"] is True and state["training"]["intensity_jitter"] == 0.3
     assert state["history"][0]["steps"] == 17  # (17 + 17) patches with imagery / batch 2
     assert not (tmp_path / "run" / "best.pt").exists()  # nothing left to validate on
     from polarxr.train import weighted_cross_entropy
@@ -299,6 +299,24 @@ def test_train_label_smoothing_and_final_model_on_train_plus_val(tmp_path):
     # smoothing bounds the cost of a confidently contradicted (possibly wrong) label... and charges certainty
     assert weighted_cross_entropy(logits, target, ones, 0.1) < weighted_cross_entropy(logits, target, ones)
     assert weighted_cross_entropy(torch.tensor([[0.0, 9.0, 0.0]]), target, ones, 0.1) > 0.1
+
+
+def test_intensity_jitter_is_an_affine_map_per_patch_and_band_that_keeps_nodata():
+    from polarxr.train import jitter_intensity
+
+    images = torch.randn(4, 3, 8, 8)
+    images[1, :, :, :3] = 0.0  # nodata margin
+    out = jitter_intensity(images, 0.3, torch.Generator().manual_seed(0))
+    assert (out[1, :, :, :3] == 0).all()
+    for k in range(4):
+        for b in range(3):
+            x, y = images[k, b, :, 4:].flatten(), out[k, b, :, 4:].flatten()
+            gain = (y[1:] - y[0]) / (x[1:] - x[0])
+            assert torch.allclose(gain, gain[0].expand_as(gain), rtol=1e-3), (k, b)
+    gains = torch.stack([(out[k, b, 0, 5] - out[k, b, 0, 4]) / (images[k, b, 0, 5] - images[k, b, 0, 4])
+                         for k in range(4) for b in range(3)])
+    assert gains.std() > 0.05  # each patch and band draws its own
+    assert torch.equal(jitter_intensity(images, 0.3, torch.Generator().manual_seed(0)), out)  # seeded
 
 
 def test_adapt_bn_re_estimates_statistics_on_unlabelled_patches(tmp_path):
