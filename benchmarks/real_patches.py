@@ -8,8 +8,9 @@ training part) are imported as published with ``polarxr import-patches`` and spl
 
 - ``train`` rows 0-5143 (64 %): what every model learns from;
 - ``val`` rows 5144-6429 (16 %): the only split any choice was made on (epochs, learning rate, model
-  size, the best epoch: ``best.pt``);
-- ``test`` rows 6430-8036 (the last 20 %): scored once per row of the table, never looked at before.
+  size, the best epoch: ``best.pt``); with ``--final`` they train the final real and fine-tune models;
+- ``test`` rows 6430-8036 (the last 20 %): scored at the end (see benchmarks/results/real_patches.md
+  for how often they were looked at).
   The rows come scene by scene from the seed's sampler, so the test rows are mostly other scenes.
 
 Rows of the table (every figure is on **real imagery**; "synthetic" names only what a model trained on):
@@ -20,10 +21,15 @@ Rows of the table (every figure is on **real imagery**; "synthetic" names only w
 - **polarxr, real**: ``polarxr train`` (``--model``, default the patch classifier; ``--model unet`` trains
   the U-Net with centre-window supervision) on the real train rows: per-band normalisation, flips/rot90,
   AdamW + cosine, mostly-nodata patches left out of training, plain cross entropy (``--class-weights none``:
-  the table scores accuracy).
+  the table scores accuracy); ``--width``, ``--label-smoothing``, ``--batchnorm``, ``--members`` (an
+  ensemble of seeds), ``--tta`` (``evaluate-patches --tta``) are the recipe's options, and ``--final``
+  trains this row and the fine-tune row on train + val (``polarxr train --train-splits train+val``) once
+  the settings were chosen on val (``--split val`` scores val, nothing then trains on it).
 - **polarxr, synthetic only**: the same model trained on ``polarxr synth --rendering calibrated`` scenes
-  (patches sampled from their charts), no real label seen.
-- **polarxr, synthetic + fine-tune**: that model fine-tuned on the real train rows (``polarxr train --init``).
+  (patches sampled from their charts), no real label seen; ``--synth-jitter`` (``polarxr train
+  --intensity-jitter``: radiometric domain randomisation), ``--synth-batchnorm``, ``--adapt-bn``
+  (``polarxr adapt-bn`` on the real train images, no label read).
+- **polarxr, synthetic + fine-tune**: that model fine-tuned on the real rows (``polarxr train --init``).
 
 Scores (``polarxr evaluate-patches --split test --json``; a segmenter's patch class is the class of its
 central 8 x 8 px): accuracy over all test patches, over the test patches with imagery (not flagged as
@@ -124,9 +130,6 @@ def train_polarxr(cube: Path, run: Path, epochs: int, lr: float, threads: int, m
                 "--threads", str(threads), "--device", "cpu", "--class-weights", weighting, "--seed", str(seed),
                 *recipe]
         args += ["--init", str(init)] if init else ["--model", model]
-        if init:  # the model's own options (width, batch norm) come with the checkpoint
-            args = [a for i, a in enumerate(args) if a != "--batchnorm" and a != "--width"
-                    and (i == 0 or args[i - 1] != "--width")]
         _run(args, run.with_suffix(".log"))
     return best if best.exists() and "train+val" not in recipe else run / "last.pt"
 
@@ -207,9 +210,14 @@ def main() -> None:
                         help="rows scored: val while choosing settings (then nothing trains on val), test once")
     parser.add_argument("--model", default="patchcnn", help="polarxr's model for the polarxr rows")
     parser.add_argument("--class-weights", default="none", help="polarxr train --class-weights")
-    parser.add_argument("--width", type=int, default=None, help="polarxr train --width")
-    parser.add_argument("--batchnorm", action="store_true", help="polarxr train --batchnorm")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="polarxr train --label-smoothing")
+    parser.add_argument("--width", type=int, default=None, help="polarxr, real: polarxr train --width")
+    parser.add_argument("--batchnorm", action="store_true", help="polarxr, real: polarxr train --batchnorm")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="polarxr, real and fine-tune: polarxr train --label-smoothing")
+    parser.add_argument("--synth-width", type=int, default=None, help="synthetic: polarxr train --width")
+    parser.add_argument("--synth-batchnorm", action="store_true", help="synthetic: polarxr train --batchnorm")
+    parser.add_argument("--synth-jitter", type=float, default=0.0,
+                        help="synthetic: polarxr train --intensity-jitter (domain randomisation)")
     parser.add_argument("--members", type=int, default=1, help="ensemble size (seeds 0..N-1) of the polarxr rows")
     parser.add_argument("--tta", action="store_true", help="evaluate-patches --tta for the polarxr rows")
     parser.add_argument("--final", action="store_true",
@@ -238,9 +246,12 @@ def main() -> None:
     rows = args.rows.split(",")
     print(f"load average {os.getloadavg()}", flush=True)
     cube = import_real(args.data, work)
-    recipe = (*(["--width", str(args.width)] if args.width else []), *(["--batchnorm"] if args.batchnorm else []),
-              "--label-smoothing", str(args.label_smoothing))
-    real_recipe = (*recipe, *(["--train-splits", "train+val"] if args.final else []))
+    final = ("--train-splits", "train+val") if args.final else ()
+    real_recipe = (*(["--width", str(args.width)] if args.width else []), *(["--batchnorm"] if args.batchnorm else []),
+                   "--label-smoothing", str(args.label_smoothing), *final)
+    synth_recipe = (*(["--width", str(args.synth_width)] if args.synth_width else []),
+                    *(["--batchnorm"] if args.synth_batchnorm else []), "--intensity-jitter", str(args.synth_jitter))
+    tune_recipe = ("--label-smoothing", str(args.label_smoothing), *final)
     tag = "-final" if args.final else ""
     common = {"threads": args.threads, "model": args.model, "weighting": args.class_weights}
     results: dict[str, dict] = {}
@@ -252,14 +263,14 @@ def main() -> None:
         results["polarxr, real"] = score(cube, real, work, "real" + tag, args.split, args.tta)
     if "synthetic" in rows or "finetune" in rows:
         synth = train_members(synthetic_cube(work, args.synth_scenes, args.synth_size, args.synth_seed),
-                              work / "synthetic", args.members, epochs=args.synth_epochs, lr=args.lr, recipe=recipe,
+                              work / "synthetic", args.members, epochs=args.synth_epochs, lr=args.lr, recipe=synth_recipe,
                               **common)
         if "synthetic" in rows:
             scored = adapt(synth, cube, work / "synthetic", args.threads) if args.adapt_bn else synth
             results["polarxr, synthetic only"] = score(cube, scored, work, "synthetic", args.split, args.tta)
         if "finetune" in rows:
             tuned = [train_polarxr(cube, work / f"finetune{tag}" / f"seed{k}", args.finetune_epochs, args.finetune_lr,
-                                   init=ckpt, recipe=real_recipe, seed=k, **common) for k, ckpt in enumerate(synth)]
+                                   init=ckpt, recipe=tune_recipe, seed=k, **common) for k, ckpt in enumerate(synth)]
             results["polarxr, synthetic + fine-tune"] = score(cube, tuned, work, "finetune" + tag, args.split, args.tta)
     text = table(results, args.split)
     print(text)
