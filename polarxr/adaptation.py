@@ -87,7 +87,8 @@ def adapt_batchnorm(checkpoint: str | Path, cube_path: str | Path, out: str | Pa
         layer.train()
     nodata = attrs.get("nodata")
     image = root["image"]
-    for lo in range(0, len(indices), batch_size) if layers else ():
+    # without batch norm only the input normalisation changes: no pass over the patches is needed
+    for lo in range(0, len(indices) if layers else 0, batch_size):
         idx = indices[lo:lo + batch_size]
         raw = image[int(idx[0]):int(idx[-1]) + 1][idx - idx[0]]
         x = torch.from_numpy(np.stack([normalise(p, norm["mean"], norm["std"], nodata)[0] for p in raw]))
