@@ -41,13 +41,13 @@ def load() -> str:
 
 def class_map_of(scene, path: Path) -> Path:
     """Write a synthetic scene's truth as a tiled class GeoTIFF, window by window (bounded memory)."""
-    from polarxr.io import cog_staging
+    from polarxr.io import atomic_path
 
     h, w = scene.shape
     profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="uint8", nodata=255, crs=scene.crs,
                    transform=scene.transform, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                    BIGTIFF="IF_SAFER")
-    with cog_staging(path) as staging, rasterio.open(staging, "w", **profile) as dst:
+    with atomic_path(path) as staging, rasterio.open(staging, "w", **profile) as dst:
         for row in range(0, h, 1024):
             for col in range(0, w, 1024):
                 window = Window(col, row, min(1024, w - col), min(1024, h - row))
