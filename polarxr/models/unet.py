@@ -88,8 +88,11 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict:
         """The :func:`polarxr.models.build_model` config that rebuilds this architecture."""
-        return {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
-                "width": self.width, "depth": self.depth, "pool": self.pool, "refine": self.refine}
+        config = {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
+                  "width": self.width, "depth": self.depth, "pool": self.pool}
+        if self.refine:  # absent when off, so configs of models without it read as before
+            config["refine"] = self.refine
+        return config
 
     @property
     def pad_multiple(self) -> int:
