@@ -62,13 +62,17 @@ def _block_components(extended: np.ndarray) -> dict[str, np.ndarray]:
     labels, kinds = _labels(inner)
     count = len(kinds)
     flat = labels.ravel()
-    contact = np.zeros((count + 1, len(_CLASSES)), np.int64)
+    slot = np.full(256, -1, np.int64)  # class code -> column of the contact table
+    slot[list(_CLASSES)] = np.arange(len(_CLASSES))
+    contact = np.zeros((count + 1) * len(_CLASSES), np.int64)
     h, w = inner.shape
+    mine = inner.ravel()
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         other = extended[1 + dy:1 + dy + h, 1 + dx:1 + dx + w].ravel()
-        for k, code in enumerate(_CLASSES):
-            edge = (other == code) & (inner.ravel() != code) & (flat > 0)
-            contact[:, k] += np.bincount(flat[edge], minlength=count + 1)
+        column = slot[other]
+        edge = (column >= 0) & (other != mine) & (flat > 0)
+        contact += np.bincount(flat[edge] * len(_CLASSES) + column[edge], minlength=contact.size)
+    contact = contact.reshape(count + 1, len(_CLASSES))
     return {"kind": kinds, "n": np.bincount(flat, minlength=count + 1)[1:].astype(np.int64), "contact": contact[1:],
             "top": labels[0].copy(), "bottom": labels[-1].copy(), "left": labels[:, 0].copy(),
             "right": labels[:, -1].copy()}
