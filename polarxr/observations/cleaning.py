@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from polarxr.classes import ICE, LAND, WATER
+from polarxr.graphs import compute_together
 
 #: Default minimum mapping unit (px) of :func:`clean_classes`: 4 px (0.0064 km² at 40 m) is the smallest
 #: iceberg the observations count, so cleaning never removes an object that would be counted, while the
@@ -144,7 +145,7 @@ def clean_array(classes: da.Array, min_pixels: int = MIN_PIXELS) -> da.Array:
     table = dask.delayed(_block_components, pure=True)
     lazy = [table(blocks_in[i, j]) for i in range(blocks_in.shape[0]) for j in range(blocks_in.shape[1])]
     computed = np.empty(blocks_in.shape, dtype=object)
-    computed.ravel()[:] = dask.compute(*lazy)
+    computed.ravel()[:] = compute_together(*lazy)
     lookups = _decide(computed, min_pixels)
     class_blocks = classes.to_delayed()
     relabel = dask.delayed(_relabel, pure=True)
