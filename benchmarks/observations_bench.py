@@ -11,7 +11,8 @@ and whether the lines are the same (count and total length). Icebergs are timed 
 Goals (``--checkpoint CKPT``, a demo-sized model such as ``demo-run/run/best.pt``): a synthetic
 ``--sequence`` (held out: another footprint than the demo's training scenes) is segmented with
 :func:`polarxr.predict.predict_scene`; for each scene the coastline and ice-edge mean distance errors
-against the chart and against the true class map, the box-method front positions against the truth,
+against the chart and against the true class map (the prediction cleaned as the library draws its lines,
+the references as they are), the box-method front positions against the truth,
 and the iceberg counts (>= 4 px) against the truth.
 
 Every table carries ``os.getloadavg()``: on a shared machine the throughput depends on what else runs.
@@ -41,13 +42,13 @@ def load() -> str:
 
 def class_map_of(scene, path: Path) -> Path:
     """Write a synthetic scene's truth as a tiled class GeoTIFF, window by window (bounded memory)."""
-    from polarxr.io import cog_staging
+    from polarxr.io import atomic_path
 
     h, w = scene.shape
     profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="uint8", nodata=255, crs=scene.crs,
                    transform=scene.transform, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                    BIGTIFF="IF_SAFER")
-    with cog_staging(path) as staging, rasterio.open(staging, "w", **profile) as dst:
+    with atomic_path(path) as staging, rasterio.open(staging, "w", **profile) as dst:
         for row in range(0, h, 1024):
             for col in range(0, w, 1024):
                 window = Window(col, row, min(1024, w - col), min(1024, h - row))
@@ -79,7 +80,9 @@ def whole_array(path: Path) -> tuple[float, dict[str, tuple[int, float]], float]
 def throughput(args, workdir: Path) -> list[str]:
     from polarxr.cluster import get_client
     from polarxr.observations.boundaries import extract_boundaries
+    from polarxr.observations.cleaning import MIN_PIXELS, clean_array
     from polarxr.observations.icebergs import find_icebergs
+    from polarxr.scenes import open_class_map
     from polarxr.synthetic import make_scene
 
     path = workdir / "S1A_EW_GRDM_1SDH_20180116T075430_20180116T075530_020177_0226B9_9FE3_class.tif"
@@ -104,19 +107,25 @@ def throughput(args, workdir: Path) -> list[str]:
             client.run(lambda: __import__("skimage.measure") and __import__("scipy.ndimage"))  # warm the imports
             reset_worker_peaks(client)
             started = time.perf_counter()
-            lines = extract_boundaries(path, chunk=args.chunk)
+            # the extraction itself, as the whole-array reference draws it: no cleaning
+            lines = extract_boundaries(path, chunk=args.chunk, min_pixels=1)
             seconds = time.perf_counter() - started
             peaks = worker_peak_mib(client)
             started = time.perf_counter()
             bergs = find_icebergs(path, chunk=args.chunk)
             berg_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            changed = int((clean_array(open_class_map(path, args.chunk).data, MIN_PIXELS)
+                           != open_class_map(path, args.chunk).data).sum().compute())
+            clean_seconds = time.perf_counter() - started
         found = {name: (len(f), float(f["length_m"].sum())) for name, f in lines.layers().items() if name != "fronts"}
         rate = megapixels / seconds
         ratio = rate / rows[0][3] if rows else float("nan")
         rows.append((f"chunked {args.chunk} px, LocalCluster", str(n), seconds, rate, ratio,
                      ", ".join(f"{p:,.0f}" for p in peaks) + " MiB", found))
         console.print(f"{n} worker(s): icebergs {len(bergs):,} in {berg_seconds:.1f} s "
-                      f"({megapixels / berg_seconds:.1f} Mpx/s)")
+                      f"({megapixels / berg_seconds:.1f} Mpx/s); cleaning ({MIN_PIXELS} px) {clean_seconds:.1f} s "
+                      f"({megapixels / clean_seconds:.1f} Mpx/s, {changed:,} px relabelled)")
     table = Table(title=f"Boundary extraction (coastline + ice edge) of a {args.size[0]} x {args.size[1]} class map "
                         f"({megapixels:.0f} Mpx); {load()}")
     for column in ("method", "workers", "seconds", "Mpx/s", "Mpx/s per worker", "vs whole array", "peak RSS",

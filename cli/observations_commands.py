@@ -32,6 +32,9 @@ def boundaries(
     quicklook: Annotated[Path | None, typer.Option(
         "--quicklook", help="PNG of the lines drawn over --scene (or over the class map).")] = None,
     scene: Annotated[Path | None, typer.Option("--scene", help="Scene GeoTIFF to draw the quicklook over.")] = None,
+    min_pixels: Annotated[int, typer.Option(
+        "--min-pixels", min=1, help="Minimum mapping unit: fragments (objects or holes) of fewer pixels take the "
+                                    "class around them before the lines are drawn; 1 keeps the map as it is.")] = 4,
     chunk: ChunkOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
@@ -52,7 +55,7 @@ def boundaries(
     if probabilities is not None:
         open_probabilities(probabilities, classes)
     with client_from_options(cluster, scheduler, workers, tls_dir), dask_progress(f"lines of {class_map.name}"):
-        lines = extract_boundaries(classes, probabilities=probabilities, glaciers=glacier_frame)
+        lines = extract_boundaries(classes, probabilities=probabilities, glaciers=glacier_frame, min_pixels=min_pixels)
     parquet_path = out.with_suffix(".parquet") if parquet else None
     write_lines(lines.layers(), out, parquet_path)
     table = Table(title=f"Lines of {class_map.name}" + (" (from probabilities)" if probabilities else ""))

@@ -1255,9 +1255,14 @@ def make_scene(outdir: str | Path, *, seed: int, size: tuple[int, int] = (1024, 
 
 def make_dataset(outdir: str | Path, n_scenes: int = 3, size: tuple[int, int] = (1024, 1024), seed: int = 0,
                  product: str = "8bit", progress: Callable[[], None] | None = None,
-                 rendering: str = "linear") -> list[SyntheticScene]:
+                 rendering: str = "linear", glaciers: bool = False) -> list[SyntheticScene]:
     """``n_scenes`` scenes at different places on the coast, one per month of 2018 (then 2019, ...), like the
-    ExtremeEarth set; ice extents follow :func:`seasonal_ice_extent`. Sorted by time."""
+    ExtremeEarth set; ice extents follow :func:`seasonal_ice_extent`. Sorted by time.
+
+    ``glaciers``: each place also has the tidewater glaciers of :func:`make_sequence` (fronts half way
+    along their boxes, give or take the season) and their calved icebergs, so a model trained on these
+    scenes has seen glacier tongues, narrow glacier fjords and small bergs.
+    """
     outdir = Path(outdir)
     size = _check(outdir, size, product, None, rendering)
     scenes = []
@@ -1265,8 +1270,39 @@ def make_dataset(outdir: str | Path, n_scenes: int = 3, size: tuple[int, int] = 
         scene_seed = _derive(seed, index)
         start = default_start(scene_seed, month=index % 12 + 1, year=2018 + index // 12)
         scenes.append(_make(outdir, scene_seed, scene_seed, size, start, product, seasonal_ice_extent(start), progress,
-                            rendering))
+                            rendering, start if glaciers else None))
     return scenes
+
+
+def write_detail_chart(scene: SyntheticScene, outdir: str | Path) -> Path:
+    """Write the scene's truth geometry as an ungeneralised chart ``outdir/seaice_s1_<start>.shp``.
+
+    Unlike the generalised chart (:attr:`SyntheticScene.chart`: simplified outlines, no floes under
+    150 px, no small islands, no calved icebergs), every polygon of the truth is kept, so labels
+    rasterized from it equal :attr:`SyntheticScene.truth` on the valid swath: the fine annotation that
+    observations of small objects (icebergs, floes, narrow fjords, glacier fronts) need to be learnt
+    from. Same columns as the generalised chart; returns the ``.shp`` path.
+    """
+    truth = scene._geometry
+    fp = truth.footprint
+    box = shapely.box(*np.add(fp.bounds(), (-PIXEL, -PIXEL, PIXEL, PIXEL)))
+    land = _polygonal(shapely.intersection(_valid_union(truth.land.geoms), box)) if len(truth.land.geoms) \
+        else shapely.Polygon()
+    ice = _polygonal(shapely.difference(shapely.intersection(_valid_union(truth.ice.geoms), box), land)) \
+        if len(truth.ice.geoms) else shapely.Polygon()
+    water = _polygonal(shapely.difference(box, shapely.union(land, ice)))
+    rows, geoms = [], []
+    for geometry, letter, codes in ((land, "L", _UNSET), (water, "W", _UNSET), (ice, "I", _EGG_CODES["pack"])):
+        for part in shapely.get_parts(geometry):
+            if part.geom_type == "Polygon" and not part.is_empty:
+                rows.append({"poly_type": letter, **codes, "area": part.area, "perimeter": part.length})
+                geoms.append(part)
+    frame = gpd.GeoDataFrame(rows, columns=["poly_type", *_EGG_COLUMNS, "area", "perimeter"], geometry=geoms, crs=CRS)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / chart_name_for(scene.start)
+    _write_chart(frame, path)
+    return path
 
 
 def sequence_times(n_scenes: int, first: datetime = datetime(2018, 1, 16, 7, 54, 30)) -> list[datetime]:

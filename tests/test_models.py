@@ -12,10 +12,11 @@ torch.set_num_threads(1)
 
 
 def _unet(depth: int = 2, width: int = 4, in_channels: int = 2, seed: int = 0, trained_bn: bool = True,
-          pool: int = 1) -> UNet:
+          pool: int = 1, refine: int = 0) -> UNet:
     """A small U-Net in eval mode, by default with non-trivial BatchNorm statistics (as after training)."""
     torch.manual_seed(seed)
-    net = build_model({"name": "unet", "in_channels": in_channels, "width": width, "depth": depth, "pool": pool})
+    net = build_model({"name": "unet", "in_channels": in_channels, "width": width, "depth": depth, "pool": pool,
+                       "refine": refine})
     for module in net.modules():
         if trained_bn and isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -29,6 +30,8 @@ def test_build_models_and_shapes():
     assert isinstance(net, UNet) and net.pad_multiple == 8
     assert net(torch.zeros(2, 3, 48, 64)).shape == (2, 3, 48, 64)
     assert build_model(net.config).config == net.config
+    refined = build_model({"name": "unet", "width": 8, "depth": 2, "pool": 4, "refine": 4})
+    assert refined(torch.zeros(1, 3, 48, 64)).shape == (1, 3, 48, 64) and build_model(refined.config).config["refine"] == 4
     pooled = build_model({"name": "unet", "in_channels": 3, "width": 8, "depth": 2, "pool": 4})
     assert pooled.pad_multiple == 16 and pooled(torch.zeros(1, 3, 48, 64)).shape == (1, 3, 48, 64)
     cnn = build_model({"name": "patchcnn", "in_channels": 2, "width": 8})
@@ -52,14 +55,15 @@ def test_bad_model_configs_and_input_sizes():
         build_model({"name": "patchcnn"})(torch.zeros(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("depth,pool", [(2, 1), (3, 1), (2, 2), (2, 4)])
-def test_halo_bounds_the_measured_receptive_field(depth, pool):
+@pytest.mark.parametrize("depth,pool,refine", [(2, 1, 0), (3, 1, 0), (2, 2, 0), (2, 4, 0), (2, 4, 4)])
+def test_halo_bounds_the_measured_receptive_field(depth, pool, refine):
     """Perturbing one input pixel changes no logit farther than receptive_radius(), and some that far."""
-    net = _unet(depth=depth, pool=pool, trained_bn=False)  # fresh BN: no ReLU dead everywhere, every path counts
+    net = _unet(depth=depth, pool=pool, refine=refine, trained_bn=False)  # fresh BN: no ReLU dead everywhere, every path counts
     radius, m = net.receptive_radius(), net.pad_multiple
     assert m == pool * 2**depth
     # the hand count for this layout: convolutions and up-samplings, then the bilinear up-sampling by pool
-    assert radius == pool * (7 * 2**depth - 5) + (pool + (pool - 1) // 2 if pool > 1 else 0)
+    # (the full-resolution refinement's 3x3 convolution adds one pixel)
+    assert radius == pool * (7 * 2**depth - 5) + (pool + (pool - 1) // 2 if pool > 1 else 0) + (1 if refine else 0)
     assert net.halo % m == 0 and radius <= net.halo < radius + m
     size = (2 * radius // m + 4) * m
     x = torch.randn(1, 2, size, size, generator=torch.Generator().manual_seed(1))
@@ -90,10 +94,10 @@ def _blockwise(net: UNet, x: torch.Tensor, chunk: int, halo: int) -> torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("chunk,pool", [(24, 1), (40, 1), (64, 1), (32, 4), (48, 2)])
-def test_blockwise_with_halo_equals_whole_array(chunk, pool):
+@pytest.mark.parametrize("chunk,pool,refine", [(24, 1, 0), (40, 1, 0), (64, 1, 0), (32, 4, 0), (48, 2, 0), (32, 4, 4)])
+def test_blockwise_with_halo_equals_whole_array(chunk, pool, refine):
     """Blocks aligned to pad_multiple, extended by the halo, give the whole-array logits (ragged edges too)."""
-    net = _unet(depth=3, pool=pool)
+    net = _unet(depth=3, pool=pool, refine=refine)
     x = torch.randn(1, 2, 101 * pool, 90 * pool, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = net.forward_padded(x)

@@ -80,7 +80,7 @@ def _same_lines(got: gpd.GeoDataFrame, expected: list[LineString]) -> None:
 @pytest.mark.parametrize("chunk", [None, 64, 100, 37])
 def test_chunked_lines_equal_whole_map_extraction(scene_map, chunk):
     path, scene = scene_map
-    lines = extract_boundaries(path, chunk=chunk)
+    lines = extract_boundaries(path, chunk=chunk, min_pixels=1)
     for name, field in _reference_fields(scene.truth).items():
         expected = _reference_lines(field, scene.transform)
         assert len(expected) > 3, "the map should have several lines of each kind"
@@ -117,7 +117,7 @@ def probability_store(scene_map, tmp_path_factory):
 def test_subpixel_lines_from_probabilities_equal_whole_map(scene_map, probability_store, chunk):
     path, scene = scene_map
     root, probs = probability_store
-    lines = extract_boundaries(path, probabilities=root / "raw.zarr", chunk=chunk)
+    lines = extract_boundaries(path, probabilities=root / "raw.zarr", chunk=chunk, min_pixels=1)
     valid = np.isin(scene.truth, (0, 1, 2))
     coast = np.where(valid, probs[0], np.nan)
     ocean = probs[1] + probs[2]
@@ -129,7 +129,7 @@ def test_subpixel_lines_from_probabilities_equal_whole_map(scene_map, probabilit
     offsets = np.abs(((xy[:, 0] - scene.transform.c) / PIXEL * 2) % 1)
     assert np.mean(np.minimum(offsets, 1 - offsets) > 1e-3) > 0.5
     # and they stay near the class-map coastline
-    hard = extract_boundaries(path)
+    hard = extract_boundaries(path, min_pixels=1)
     assert mean_distance_error(lines.coastline.geometry, hard.coastline.geometry)["mde_m"] < PIXEL
 
 
@@ -233,12 +233,12 @@ def test_boundary_errors_of_a_shifted_map(scene_map):
     _, scene = scene_map
     truth = xr.DataArray(da.from_array(scene.truth, chunks=64), dims=("y", "x")).rio.write_crs(CRS)
     truth = truth.rio.write_transform(scene.transform)
-    scores = boundary_errors(truth, truth)
+    scores = boundary_errors(truth, truth, min_pixels=1)
     assert scores["coastline_mde_m"] == 0 and scores["ice_edge_mde_m"] == 0
     shifted = np.full_like(scene.truth, 255)
     shifted[:, 1:] = scene.truth[:, :-1]  # every line moves one pixel (40 m) east
     pred = truth.copy(data=da.from_array(shifted, chunks=100))
-    scores = boundary_errors(pred, truth)
+    scores = boundary_errors(pred, truth, min_pixels=1)
     assert 0 < scores["coastline_mde_m"] <= PIXEL and scores["coastline_p95_m"] <= PIXEL + 1e-6
     assert 0 < scores["ice_edge_mde_m"] <= PIXEL
 

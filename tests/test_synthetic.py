@@ -276,3 +276,22 @@ def test_sequence_glaciers_advance_and_retreat_and_calve(tmp_path):
     assert np.ptp(land - tongue) < 0.1 * np.ptp(land)
     summer = [s for s in sequence if s.start.month in (6, 7, 8, 9)]
     assert summer and all(s.calved_icebergs > 0 and s.icebergs >= s.calved_icebergs for s in summer)
+
+
+def test_detail_chart_rasterizes_to_the_truth_and_datasets_can_have_glaciers(tmp_path):
+    from polarxr.synthetic import write_detail_chart
+
+    plain = make_dataset(tmp_path / "plain", n_scenes=1, size=(384, 384), seed=3)
+    scene = make_dataset(tmp_path / "glaciers", n_scenes=1, size=(384, 384), seed=3, glaciers=True)[0]
+    assert not plain[0].fronts_m and scene.fronts_m and scene.icebergs > 0 and scene.calved_icebergs > 0
+    detail = write_detail_chart(scene, tmp_path / "detail")
+    assert detail.name == scene.chart.name and detail.parent != scene.chart.parent
+    chart = gpd.read_file(detail)
+    assert set(chart["poly_type"]) == {"L", "W", "I"} and chart.geometry.is_valid.all()
+    truth = scene.truth
+    inside = truth != NO_LABEL
+    _, labels = labels_for_scene(scene.scene, detail)
+    assert (labels.values[inside] == truth[inside]).all()
+    # the generalised chart leaves out what the detailed one keeps: calved bergs, small floes and islands
+    _, general = labels_for_scene(scene.scene, scene.chart)
+    assert (general.values[inside] != truth[inside]).sum() > 100

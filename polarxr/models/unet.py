@@ -47,19 +47,22 @@ class UNet(nn.Module):
 
     ``H`` and ``W`` must be multiples of :attr:`pad_multiple`; :meth:`forward_padded` accepts any size.
     Channel widths are ``width * 2**level`` for ``level`` in ``0..depth`` (the bottleneck is ``depth``).
-    ``pool`` > 1 runs the U-Net on the input average-pooled by ``pool`` and upsamples the logits bilinearly.
+    ``pool`` > 1 runs the U-Net on the input average-pooled by ``pool`` and upsamples the logits bilinearly;
+    ``refine`` > 0 then corrects them at full resolution by a 3x3 convolution of
+    ``refine`` channels over the input bands and the upsampled logits (a residual).
     """
 
     #: per-pixel output (a segmenter), as opposed to one class per patch
     dense = True
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 3, width: int = 16, depth: int = 3, pool: int = 1):
+    def __init__(self, in_channels: int = 3, n_classes: int = 3, width: int = 16, depth: int = 3, pool: int = 1,
+                 refine: int = 0):
         super().__init__()
-        if in_channels < 1 or n_classes < 2 or width < 1 or depth < 1 or pool < 1:
+        if in_channels < 1 or n_classes < 2 or width < 1 or depth < 1 or pool < 1 or refine < 0:
             raise ValueError(f"bad U-Net size: in_channels={in_channels}, n_classes={n_classes}, "
-                             f"width={width}, depth={depth}, pool={pool}")
+                             f"width={width}, depth={depth}, pool={pool}, refine={refine}")
         self.in_channels, self.n_classes, self.width, self.depth = in_channels, n_classes, width, depth
-        self.pool = pool
+        self.pool, self.refine = pool, refine
         widths = [width * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList(
             _double_conv(in_channels if level == 0 else widths[level - 1], widths[level]) for level in range(depth)
@@ -70,12 +73,26 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[lv + 1], widths[lv], 2, stride=2) for lv in levels)
         self.decoders = nn.ModuleList(_double_conv(2 * widths[lv], widths[lv]) for lv in levels)
         self.head = nn.Conv2d(width, n_classes, 1)
+        # full-resolution refinement after the multi-look: the upsampled logits beside the input bands, so
+        # objects and edges smaller than one multi-looked pixel (2 x 2 px icebergs, narrow fjords) are drawn
+        # at 40 m; a residual on the upsampled logits, so it starts from what the coarse U-Net says
+        self.refiner = None
+        if refine:
+            self.refiner = nn.Sequential(
+                nn.Conv2d(in_channels + n_classes, refine, 3, padding=1, bias=False),
+                nn.BatchNorm2d(refine),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(refine, n_classes, 1),
+            )
 
     @property
     def config(self) -> dict:
         """The :func:`polarxr.models.build_model` config that rebuilds this architecture."""
-        return {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
-                "width": self.width, "depth": self.depth, "pool": self.pool}
+        config = {"name": "unet", "in_channels": self.in_channels, "n_classes": self.n_classes,
+                  "width": self.width, "depth": self.depth, "pool": self.pool}
+        if self.refine:  # absent when off, so configs of models without it read as before
+            config["refine"] = self.refine
+        return config
 
     @property
     def pad_multiple(self) -> int:
@@ -107,6 +124,8 @@ class UNet(nn.Module):
         radius += _conv_radius(self.head, scale)
         if self.pool > 1:
             radius += self.pool + (self.pool - 1) // 2
+        if self.refiner is not None:
+            radius += _conv_radius(self.refiner, 1)
         return radius
 
     @property
@@ -128,6 +147,7 @@ class UNet(nn.Module):
         if height % self.pad_multiple or width % self.pad_multiple:
             raise ValueError(f"U-Net input of {height} x {width} px: height and width must be multiples of "
                              f"{self.pad_multiple}; use forward_padded for other sizes")
+        full = x
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
         skips = []
@@ -141,6 +161,8 @@ class UNet(nn.Module):
         logits = self.head(x)
         if self.pool > 1:
             logits = F.interpolate(logits, scale_factor=self.pool, mode="bilinear", align_corners=False)
+        if self.refiner is not None:
+            logits = logits + self.refiner(torch.cat([full, logits], dim=1))
         return logits
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

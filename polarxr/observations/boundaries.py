@@ -17,6 +17,10 @@ client joins them with ``shapely.line_merge``: the result equals a whole-map ext
 Lines are in the class map's CRS, in map coordinates of pixel centres (metres).
 
 Calving fronts are the coastline's parts inside glacier polygons (a polygon file, any CRS, reprojected).
+
+Before the lines are drawn the class map is cleaned of fragments under a minimum mapping unit
+(:mod:`polarxr.observations.cleaning`, default 4 px, chunk-seamless as well), as every speck of
+misclassified pixels would otherwise be a short closed line of its own.
 """
 
 from __future__ import annotations
@@ -209,9 +213,25 @@ def front_lines(coastline: list[shapely.LineString], glaciers: gpd.GeoDataFrame)
     return lines, ids
 
 
-def lazy_boundaries(classes: xr.DataArray, probabilities: da.Array | None = None) -> dict[str, list]:
-    """Per line layer, the per-block delayed contour pieces of a class map ``DataArray(y, x)`` (rioxarray grid)."""
-    fields = class_fields(classes.data) if probabilities is None else probability_fields(probabilities, classes.data)
+def lazy_boundaries(classes: xr.DataArray, probabilities: da.Array | None = None,
+                    min_pixels: int = 1) -> dict[str, list]:
+    """Per line layer, the per-block delayed contour pieces of a class map ``DataArray(y, x)`` (rioxarray grid).
+
+    ``min_pixels`` > 1 cleans the map first (:func:`polarxr.observations.cleaning.clean_array`, computed
+    now); with probabilities, the pixels the cleaning relabelled take their new class's hard field, so no
+    sub-pixel line goes round a removed fragment.
+    """
+    from polarxr.observations.cleaning import clean_array
+
+    data = classes.data
+    cleaned = clean_array(data, min_pixels)
+    if probabilities is None:
+        fields = class_fields(cleaned)
+    else:
+        fields = probability_fields(probabilities, cleaned)
+        if cleaned is not data:
+            hard, changed = class_fields(cleaned), cleaned != data
+            fields = {name: da.where(changed, hard[name], field) for name, field in fields.items()}
     transform = classes.rio.transform()
     return {name: lazy_contours(field, transform) for name, field in fields.items()}
 
@@ -221,6 +241,7 @@ def extract_boundaries(
     probabilities: str | Path | None = None,
     glaciers: str | Path | gpd.GeoDataFrame | None = None,
     chunk: int | None = None,
+    min_pixels: int | None = None,
 ) -> Boundaries:
     """Coastline, ice edge and calving fronts of a class map, as lines in its CRS (map metres).
 
@@ -229,8 +250,12 @@ def extract_boundaries(
     lines). ``glaciers``: glacier polygons (file, any CRS, or GeoDataFrame) for the ``fronts`` layer.
     Blocks are contoured on the active dask scheduler (``chunk`` px, default the file's ~2048 px); only
     the line pieces travel to the client, which joins them. Columns: ``length_m``, ``closed``,
-    ``n_vertices`` (fronts: ``glacier`` too).
+    ``n_vertices`` (fronts: ``glacier`` too). ``min_pixels``: minimum mapping unit (px) applied before
+    the lines are drawn (:mod:`polarxr.observations.cleaning`; default
+    :data:`~polarxr.observations.cleaning.MIN_PIXELS`, 1 = the map as it is).
     """
+    from polarxr.observations.cleaning import MIN_PIXELS
+
     from polarxr.scenes import open_class_map
 
     classes = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
@@ -239,7 +264,7 @@ def extract_boundaries(
     glacier_frame = None
     if glaciers is not None:
         glacier_frame = glaciers if isinstance(glaciers, gpd.GeoDataFrame) else read_glaciers(glaciers, crs)
-    lazy = lazy_boundaries(classes, probs)
+    lazy = lazy_boundaries(classes, probs, MIN_PIXELS if min_pixels is None else min_pixels)
     names = list(lazy)
     computed = compute_together(*[lazy[name] for name in names])
     lines = {name: merge_pieces(pieces) for name, pieces in zip(names, computed)}

@@ -71,14 +71,20 @@ def mean_distance_error(predicted, reference, spacing_m: float = SPACING_M) -> d
             "pred_to_ref_m": float(d_ab.mean()), "ref_to_pred_m": float(d_ba.mean()), "n_points": int(len(pooled))}
 
 
-def boundary_errors(predicted: xr.DataArray, reference: xr.DataArray, spacing_m: float = SPACING_M) -> dict[str, float]:
+def boundary_errors(predicted: xr.DataArray, reference: xr.DataArray, spacing_m: float = SPACING_M,
+                    min_pixels: int | None = None) -> dict[str, float]:
     """MDE and 95th percentile (m) of the coastline and the ice edge of a class map against a reference map.
 
     Both are lazy ``DataArray(y, x)`` class maps on the same grid (e.g. a prediction and its rasterized
     chart). Each is masked where the other has no label, so that lines are compared over the area both
     cover; lines are extracted chunk-wise (:mod:`polarxr.observations.boundaries`) in one dask graph.
+    The prediction's lines are those :func:`~polarxr.observations.boundaries.extract_boundaries` writes:
+    of the map cleaned of fragments under ``min_pixels`` px (default
+    :data:`~polarxr.observations.cleaning.MIN_PIXELS`); the reference is taken as it is.
     Returns ``coastline_mde_m``, ``coastline_p95_m``, ``ice_edge_mde_m``, ``ice_edge_p95_m``.
     """
+    from polarxr.observations.cleaning import MIN_PIXELS
+
     from polarxr.observations.boundaries import lazy_boundaries, merge_pieces
 
     truth = reference.data.rechunk(predicted.data.chunks)
@@ -86,7 +92,8 @@ def boundary_errors(predicted: xr.DataArray, reference: xr.DataArray, spacing_m:
     both = (pred != NO_LABEL) & (truth != NO_LABEL)
     grids = [predicted.copy(data=da.where(both, pred, NO_LABEL).astype(np.uint8)),
              predicted.copy(data=da.where(both, truth, NO_LABEL).astype(np.uint8))]
-    lazy = [lazy_boundaries(g) for g in grids]
+    lazy = [lazy_boundaries(grids[0], min_pixels=MIN_PIXELS if min_pixels is None else min_pixels),
+            lazy_boundaries(grids[1])]
     names = ("coastline", "ice_edge")
     computed = compute_together(*[lazy[k][name] for k in range(2) for name in names])
     pieces = dict(zip([(k, name) for k in range(2) for name in names], computed))
