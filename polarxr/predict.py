@@ -125,7 +125,15 @@ def _device_encode(probs: torch.Tensor) -> torch.Tensor:
     The same float32 operations as :func:`encode_probabilities` on the host (round half to even, first
     maximum on ties), so CPU results are identical whichever side encodes.
     """
-    classes = probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+    # torch's argmax over a non-last dimension costs more than the U-Net itself on a CPU (0.8 s per 4 Mpx
+    # measured): a running maximum over the few classes gives the same first maximum, in ~1/10 the time
+    best = probs[:, 0]
+    classes = torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[1]):
+        candidate = probs[:, c]
+        classes = torch.where(candidate > best, torch.tensor(c, dtype=torch.uint8, device=probs.device), classes)
+        best = torch.maximum(best, candidate)
+    classes = classes[:, None]
     scaled = torch.round(probs * PROBABILITY_SCALE).to(torch.uint8)
     return torch.cat([classes, scaled], dim=1)
 
