@@ -65,7 +65,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -76,6 +75,7 @@ from zarr.codecs import BloscCodec
 
 from polarxr.classes import N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError
+from polarxr.graphs import compute_together
 from polarxr.patches import extract_patches, merge_stats, stats_tasks
 from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
 
@@ -604,7 +604,7 @@ def add_scene(
     if on_progress:
         on_progress(name, "writing")
     start = writer.reserve(len(positions))
-    _, parts = dask.compute(writer.store_patches(image, label, start), stats_tasks(image, label, layout.nodata))
+    _, *parts = compute_together(writer.store_patches(image, label, start), *stats_tasks(image, label, layout.nodata))
     size = sampler.patch_size
     xs, ys = scene.rio.transform() * (positions.col + size / 2, positions.row + size / 2)
     writer.write(start, {

@@ -30,6 +30,7 @@ import xarray as xr
 from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
+from polarxr.graphs import submit_together
 from polarxr.io import as_path, local_copy, output_lock
 from polarxr.patches import normalise as normalise_patch
 from polarxr.scenes import ensure_not_empty, open_scene
@@ -543,7 +544,7 @@ def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) ->
             plans.append(_plan_scene(scene, encoded, out_tif, out_zarr, tags, options["chunk"]))
         # one graph for every scene: the writes (which compute the blocks) and a marker per block
         all_writes = [w for plan in plans for w in plan.writes]
-        futures = client.compute(all_writes + [m for plan in plans for m in plan.markers], retries=2)
+        futures = submit_together(client, all_writes + [m for plan in plans for m in plan.markers], retries=2)
         writes, markers = futures[:len(all_writes)], futures[len(all_writes):]
         where = [(plan, location) for plan in plans for location in plan.locations]
         index_of = {f.key: k for k, f in enumerate(markers)}

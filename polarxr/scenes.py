@@ -7,11 +7,13 @@ Nothing is read until a block is computed.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -201,10 +203,10 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None,
     named after its polarisations, NaN = no data.
     """
     path = as_path(path)
-    from polarxr.ingest.safe import is_product
-
-    if not is_url(path) and is_product(path):  # products as delivered are read from local disk
-        return _open_product(path, chunks)
+    reader = None if is_url(path) else product_reader(path)  # products as delivered are read from local disk
+    if reader is not None:
+        edge = chunks if isinstance(chunks, int) else (chunks or {}).get("y", DEFAULT_CHUNK)
+        return reader.open_scene(path, edge if edge and edge > 0 else DEFAULT_CHUNK)
     with _open_raster(path) as src:
         if src.crs is None:
             raise SceneError(path, "has no CRS; a georeferenced scene is needed (e.g. polar stereographic)")
@@ -238,23 +240,31 @@ def open_scene(path: str | Path, chunks: dict[str, int] | int | None = None,
     return scene
 
 
-def _open_product(path: Path, chunks: dict[str, int] | int | None) -> xr.DataArray:
-    from polarxr.ingest import geocode, open_product
-
-    edge = chunks if isinstance(chunks, int) else (chunks or {}).get("y", DEFAULT_CHUNK)
-    product = open_product(path)
-    scene = geocode(product, chunk=edge if edge and edge > 0 else DEFAULT_CHUNK)
-    scene.name = "backscatter"
-    scene.attrs = {"source": str(path), "units": "linear", "band_names": product.bands, **product.product.attrs()}
-    return scene
+#: Entry-point group of the readers of products as delivered (``.SAFE`` / ``.zip``): scenes find them as
+#: xarray finds its backends, so this module does not import the stage that reads them (:mod:`polarxr.ingest`).
+PRODUCT_READERS = "polarxr.product_readers"
 
 
-def _product_measurement(path: str | Path) -> str:
-    """The GDAL path of a product's first measurement (what :func:`ensure_not_empty` samples)."""
-    from polarxr.ingest import open_product
+class ProductReader(Protocol):
+    """Opens a product as delivered as a scene; registered under the :data:`PRODUCT_READERS` entry points."""
 
-    product = open_product(path)
-    return product.polarisations[product.bands[0]].measurement
+    def guess_can_open(self, path: Path) -> bool:
+        """True when ``path`` names a product this reader opens (a cheap test on the name)."""
+
+    def open_scene(self, path: Path, chunk: int) -> xr.DataArray:
+        """The product as a lazy scene, like :func:`open_scene`, in ``chunk`` x ``chunk`` px chunks."""
+
+    def measurement(self, path: Path) -> str:
+        """A GDAL path to the product's first measurement raster (DN, 0 = no data)."""
+
+
+def product_reader(path: str | Path) -> ProductReader | None:
+    """The installed reader that opens ``path`` as a product, or None for a plain raster."""
+    for entry in importlib.metadata.entry_points(group=PRODUCT_READERS):
+        reader = entry.load()()
+        if reader.guess_can_open(Path(path)):
+            return reader
+    return None
 
 
 def valid_mask(scene: xr.DataArray) -> xr.DataArray:
@@ -288,11 +298,9 @@ def ensure_not_empty(scene: xr.DataArray, max_side: int = 512) -> None:
     Reads a decimated view (at most ``max_side`` px a side) through GDAL, so memory stays small.
     """
     path = scene.attrs.get("source")
-    from polarxr.ingest.safe import is_product
-
-    product = path is not None and is_product(path)
+    reader = None if path is None else product_reader(path)
     # a delivered product: sample its measurement (0 = no data), opened by GDAL (inside a zip, too)
-    with (rasterio.open(_product_measurement(path)) if product else _open_raster(path)) as src:
+    with (rasterio.open(reader.measurement(path)) if reader else _open_raster(path)) as src:
         factor = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
         shape = (src.count, max(1, src.height // factor), max(1, src.width // factor))
         try:

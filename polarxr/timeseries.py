@@ -31,16 +31,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
-import xarray as xr
 from affine import Affine
 from pyproj import CRS, Proj, Transformer
 
 from polarxr.classes import CLASS_NAMES, ICE, LAND, WATER
 from polarxr.errors import PolarxrError, SceneError
+from polarxr.graphs import compute_together
 from polarxr.io import atomic_path
 from polarxr.outputs import CLASS_MAP_SUFFIX
 from polarxr.scenes import open_class_map
@@ -276,15 +275,13 @@ def build_timeseries(
         rows.append(row)
     if not lazy and errors and (boxes is not None or lines is not None):
         raise errors[0]
-    # Only delayed objects in one dask.compute: dask 2026.7 returns the results of a mix of arrays and
-    # delayed objects grouped by type, out of order, when it optimizes the graph.
     flat, layout = [], []
     for _, stats, observed in lazy:
         names = [k for k in observed if k != "_objects"]
         blocks = observed["_objects"][0] if "_objects" in observed else np.empty((0, 0), dtype=object)
         layout.append((len(flat), names, blocks.shape))
-        flat += [stats.to_delayed().ravel()[0], *(observed[k] for k in names), *blocks.ravel()]
-    values = dask.compute(*flat)
+        flat += [stats, *(observed[k] for k in names), *blocks.ravel()]
+    values = compute_together(*flat)
     for (row, _, observed), (start, names, shape) in zip(lazy, layout):
         row.update(zip(STAT_COLUMNS, map(float, values[start])))
         row.update({k: float(values[start + 1 + n]) for n, k in enumerate(names)})

@@ -24,26 +24,20 @@ import pytest
 import rasterio
 import rasterio.shutil
 import shapely
-import torch
 import zarr
 from cube_files import write_tiny_cube
+from model_files import untrained_unet
 from PIL import Image
 from scene_files import POLAR_STEREO, PRODUCT, chart_polygons, write_chart, write_scene
 
-from polarxr.checkpoints import make_checkpoint, save_checkpoint
 from polarxr.io import TEMPORARY_NAME
-from polarxr.models import build_model
 
 CHART = "seaice_s1_20180116t075430.shp"
 BANDS = ["HH", "HV", "HH-HV"]
 
 
 def tiny_checkpoint(path: Path, bands=BANDS) -> Path:
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": len(bands), "n_classes": 3, "width": 4, "depth": 2}).eval()
-    return save_checkpoint(path, make_checkpoint(net, band_names=bands, norm={"mean": [128.0] * len(bands),
-                                                                              "std": [60.0] * len(bands)},
-                                                 patch_size=32))
+    return untrained_unet(path, bands, {"mean": [128.0] * len(bands), "std": [60.0] * len(bands)}, patch_size=32)
 
 
 def _truncated(source: Path, path: Path) -> Path:

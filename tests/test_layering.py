@@ -55,23 +55,20 @@ def test_the_cycle_finder_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-#: A circle merged with the ingestion stage (issue 10): open_scene hands delivered products to
-#: polarxr.ingest, whose modules read product names and grids from scenes (directly and through region,
-#: stac and synthetic). Untying it means moving that dispatch out of scenes; until then it is the only
-#: one allowed, and test_no_import_circles_at_all below shows it.
-def _known(circle: list[str]) -> bool:
-    return "polarxr.scenes" in circle and any(m.startswith("polarxr.ingest") for m in circle)
-
-
-def test_no_import_circles_but_the_known_one():
-    graph = import_graph()
-    assert "polarxr.checkpoints" in graph
-    assert [c for c in cycles(graph) if not _known(c)] == []
-
-
-@pytest.mark.xfail(reason="scenes <-> ingest: open_scene dispatches delivered products to polarxr.ingest", strict=True)
 def test_no_import_circles_at_all():
-    assert cycles(import_graph()) == []
+    graph = import_graph()
+    assert "polarxr.checkpoints" in graph and "polarxr.ingest.reader" in graph
+    assert cycles(graph) == []
+
+
+def test_scenes_find_the_product_reader_through_its_entry_point():
+    """open_scene reads delivered products without importing the ingestion stage (no circle)."""
+    from polarxr.scenes import product_reader
+
+    assert not any(m.startswith("polarxr.ingest") for m in import_graph()["polarxr.scenes"])
+    reader = product_reader("S1A_EW_GRDM_1SDH_20181203T081222_20181203T081322_024901_02BE4F_9FE3.SAFE")
+    assert type(reader).__module__ == "polarxr.ingest.reader"
+    assert product_reader("scene.tif") is None
 
 
 @pytest.mark.parametrize("module, forbidden", [

@@ -10,12 +10,11 @@ import threading
 import numpy as np
 import pytest
 import rasterio
-import torch
+from model_files import untrained_unet
 from scene_files import PRODUCT, write_scene
 
-from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version, make_checkpoint, save_checkpoint
+from polarxr.checkpoints import CheckpointChanged, ModelCache, checkpoint_version
 from polarxr.errors import ModelError, SceneError
-from polarxr.models import build_model
 from polarxr.patches import normalise, patch_stats
 from polarxr.scenes import open_scene, valid_mask, valid_pixels
 
@@ -24,10 +23,7 @@ FLOAT_BANDS = ["HH", "HV"]
 
 def float_checkpoint(path, seed=0):
     """A random-weight U-Net for 2-band float sigma0 scenes."""
-    torch.manual_seed(seed)
-    net = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}).eval()
-    return save_checkpoint(path, make_checkpoint(net, band_names=FLOAT_BANDS, norm={"mean": [0.2, 0.2], "std": [0.1, 0.1]},
-                                                 patch_size=32))
+    return untrained_unet(path, FLOAT_BANDS, {"mean": [0.2, 0.2], "std": [0.1, 0.1]}, patch_size=32, seed=seed)
 
 
 def float_scene(path, value_at=None, value=None):
@@ -197,11 +193,9 @@ def test_a_vv_vh_product_is_not_taken_for_hh_hv(tmp_path):
 def test_units_and_scaling_must_match_the_checkpoint(tmp_path):
     from polarxr.predict import probabilities
 
-    torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2}).eval()
     trained = {"units": "linear", "dtype": "float32", "polarisation": "HH+HV", "scaling": None}
-    checkpoint = save_checkpoint(tmp_path / "linear.pt", make_checkpoint(
-        net, band_names=FLOAT_BANDS, norm={"mean": [0.2, 0.2], "std": [0.1, 0.1]}, patch_size=32, radiometry=trained))
+    checkpoint = untrained_unet(tmp_path / "linear.pt", FLOAT_BANDS, {"mean": [0.2, 0.2], "std": [0.1, 0.1]},
+                                patch_size=32, radiometry=trained)
     path = float_scene(tmp_path / PRODUCT.replace("8bit", "db"))
     with rasterio.open(path, "r+") as dst:
         dst.update_tags(SIGMA0_UNITS="dB")

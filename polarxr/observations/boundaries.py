@@ -35,6 +35,7 @@ from affine import Affine
 
 from polarxr.classes import ICE, LAND, WATER
 from polarxr.errors import PolarxrError
+from polarxr.graphs import compute_together
 from polarxr.io import as_target, atomic_path, exists, filesystem, is_url, storage_options
 
 #: GeoPackage layers, in order.
@@ -240,7 +241,7 @@ def extract_boundaries(
         glacier_frame = glaciers if isinstance(glaciers, gpd.GeoDataFrame) else read_glaciers(glaciers, crs)
     lazy = lazy_boundaries(classes, probs)
     names = list(lazy)
-    computed = dask.compute(*[lazy[name] for name in names])
+    computed = compute_together(*[lazy[name] for name in names])
     lines = {name: merge_pieces(pieces) for name, pieces in zip(names, computed)}
     fronts, ids = front_lines(lines["coastline"], glacier_frame) if glacier_frame is not None else ([], [])
     return Boundaries(coastline=_frame(lines["coastline"], crs), ice_edge=_frame(lines["ice_edge"], crs),

@@ -10,13 +10,13 @@ units (metres of the polar stereographic map plane for the scenes).
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import shapely
 import xarray as xr
 
 from polarxr.classes import NO_LABEL
+from polarxr.graphs import compute_together
 
 #: Default sampling distance of the lines (m): half a 40 m pixel.
 SPACING_M = 20.0
@@ -88,7 +88,7 @@ def boundary_errors(predicted: xr.DataArray, reference: xr.DataArray, spacing_m:
              predicted.copy(data=da.where(both, truth, NO_LABEL).astype(np.uint8))]
     lazy = [lazy_boundaries(g) for g in grids]
     names = ("coastline", "ice_edge")
-    computed = dask.compute(*[lazy[k][name] for k in range(2) for name in names])
+    computed = compute_together(*[lazy[k][name] for k in range(2) for name in names])
     pieces = dict(zip([(k, name) for k in range(2) for name in names], computed))
     out = {}
     for name in names:

@@ -29,6 +29,7 @@ import xarray as xr
 from rasterio import features
 
 from polarxr.classes import ICE, LAND, WATER
+from polarxr.graphs import compute_together
 from polarxr.observations.boundaries import ObservationError
 
 
@@ -166,7 +167,7 @@ def _positions(class_map, features, read, lazy_positions, chunk: int | None) -> 
 
     grid = class_map if isinstance(class_map, xr.DataArray) else open_class_map(class_map, chunk)
     lazy = lazy_positions(grid, read(features, grid.rio.crs))
-    return dict(zip(lazy, map(float, dask.compute(*lazy.values()))))
+    return dict(zip(lazy, map(float, compute_together(*lazy.values()))))
 
 
 def front_positions(class_map: str | Path | xr.DataArray, boxes: str | Path | gpd.GeoDataFrame,

@@ -26,6 +26,7 @@ import xarray as xr
 from affine import Affine
 
 from polarxr.classes import ICE, WATER
+from polarxr.graphs import compute_together
 from polarxr.io import as_target, atomic_path
 
 #: Default upper bound of an iceberg's area (km²).
@@ -135,7 +136,7 @@ def objects_to_icebergs(blocks: np.ndarray, transform: Affine, max_area_km2: flo
 
 def compute_objects(lazy: np.ndarray) -> np.ndarray:
     """Compute an object array of delayed block tables (from :func:`lazy_objects`), keeping its shape."""
-    values = dask.compute(*lazy.ravel())
+    values = compute_together(*lazy.ravel())
     out = np.empty(lazy.shape, dtype=object)
     out.ravel()[:] = values
     return out
