@@ -45,8 +45,8 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
 
     model, meta = load_checkpoint(checkpoint, device=device)
     with rasterio.open(scene_path) as src:
-        block = src.read(window=((src.height // 2 - tile // 2, src.height // 2 + tile // 2),
-                                 (src.width // 2 - tile // 2, src.width // 2 + tile // 2)))
+        y0, x0 = max(0, src.height // 2 - tile // 2), max(0, src.width // 2 - tile // 2)
+        block = src.read(window=((y0, min(src.height, y0 + tile)), (x0, min(src.width, x0 + tile))))
         nodata = src.nodata
     image, _ = normalise(block, meta, nodata)
     segment_array(model, image, model.pad_multiple, device)  # warm-up (allocator, cuDNN autotune)
@@ -57,7 +57,7 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
         segment_array(model, image, model.pad_multiple, device)
     if device == "cuda":
         torch.cuda.synchronize()
-    return repeats * tile * tile / (time.perf_counter() - started) / 1e6
+    return repeats * image.shape[-2] * image.shape[-1] / (time.perf_counter() - started) / 1e6  # a small scene clips the tile
 
 
 def run(scene: Path, checkpoint: Path, out: Path, client, chunk: int, tile: int, batch: int, seamless: bool
@@ -81,8 +81,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cluster", choices=["local", "cuda"], default="local")
-    parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--tile", type=int, default=None, help="default: polarxr's per device (512 CPU, 2048 GPU)")
+    parser.add_argument("--chunk", type=int, default=None, help="default: polarxr's per device (2048 CPU, 6144 GPU)")
+    parser.add_argument("--ideal-tile", type=int, default=2048,
+                        help="edge of the in-memory tile of the ideal run (the issue's reference: 2048)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="default: polarxr's per device (512 CPU, 2048 GPU; x the U-Net's pool)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: polarxr's per device (1 CPU, 4 GPU)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (GPU workers overlap I/O)")
     parser.add_argument("--workdir", type=Path)
@@ -108,32 +111,38 @@ def main() -> None:
     checkpoint = args.checkpoint or random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values])
     device = "cuda" if args.cluster == "cuda" else "cpu"
     if device == "cpu":
-        torch.set_num_threads(1)  # a single-threaded worker is the unit the cluster is made of
-    ideal = ideal_mpx_s(checkpoint, scene, args.chunk, device)
+        # like with like: the ideal runs with one worker's threads; n workers are compared with n x it
+        torch.set_num_threads(args.threads)
+    from polarxr.predict import DEFAULT_CHUNKS
+
+    chunk = args.chunk or DEFAULT_CHUNKS[device]
+    ideal = ideal_mpx_s(checkpoint, scene, args.ideal_tile, device)
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     device_name += f", {args.threads} thread(s) per worker, tile {args.tile or 'default'}"
 
     table = Table(title=f"Blockwise inference of a {opened.sizes['y']} x {opened.sizes['x']} scene "
-                        f"({megapixels:.0f} Mpx), chunk {args.chunk}, {device_name}")
+                        f"({megapixels:.0f} Mpx), chunk {chunk}, {device_name}")
     for column in ("workers", "seamless Mpx/s", "no-halo Mpx/s", "overlap overhead", "efficiency vs ideal",
                    "client CPU s", "workers CPU s", "client / workers", "peak RSS per worker"):
         table.add_column(column, justify="right")
-    # warm-up scene: two chunks square, so that every worker loads the model and GDAL before timing
+    # warm-up scene of 2 x 2 blocks (of at most 1024 px: quick), so that every worker loads the model and
+    # GDAL and runs both modes before anything is timed
     from polarxr.synthetic import make_scene
 
-    warm = make_scene(workdir / "warm", seed=99, size=(2 * args.chunk, 2 * args.chunk)).scene
+    warm_chunk = min(chunk, 1024)
+    warm = make_scene(workdir / "warm", seed=99, size=(2 * warm_chunk, 2 * warm_chunk)).scene
     for n in args.workers:
         with get_client(cluster=args.cluster, n_workers=n, threads_per_worker=args.threads) as client:
             modes = [True] if args.no_baseline else [True, False]
             for seamless in modes:  # both runs are timed warm
-                run(warm, checkpoint, workdir / f"warm_{n}_{seamless}.tif", client, args.chunk, args.tile,
+                run(warm, checkpoint, workdir / f"warm_{n}_{seamless}.tif", client, warm_chunk, args.tile,
                     args.batch_size, seamless)
             reset_worker_peaks(client)
-            seconds, cpu_client, cpu_workers = run(scene, checkpoint, workdir / f"pred_{n}.tif", client, args.chunk,
+            seconds, cpu_client, cpu_workers = run(scene, checkpoint, workdir / f"pred_{n}.tif", client, chunk,
                                                    args.tile, args.batch_size, seamless=True)
             peaks = worker_peak_mib(client)
             baseline = None if args.no_baseline else run(scene, checkpoint, workdir / f"nohalo_{n}.tif", client,
-                                                         args.chunk, args.tile, args.batch_size, seamless=False)[0]
+                                                         chunk, args.tile, args.batch_size, seamless=False)[0]
         rate = megapixels / seconds
         table.add_row(
             str(n), f"{rate:.2f}",
@@ -148,8 +157,8 @@ def main() -> None:
     console.print(table)
     console.print(f"loadavg (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
                   f"(a shared machine: compare ratios within this run)")
-    console.print(f"ideal single-process whole-tile run ({args.chunk} x {args.chunk}, in memory, no halo): "
-                  f"{ideal:.2f} Mpx/s on {device}")
+    console.print(f"ideal single-process whole-tile run ({args.ideal_tile} x {args.ideal_tile}, in memory, no halo, "
+                  f"{args.threads} thread(s)): {ideal:.2f} Mpx/s on {device}")
     counts = sorted(set(args.workers))
     if len(counts) < 2:
         console.print("identical across worker counts: not checked (give two different --workers counts)")

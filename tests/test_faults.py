@@ -353,7 +353,10 @@ def test_scheduler_killed_mid_run_is_one_line_and_rerun_gives_identical_outputs(
     assert_equal_outputs(outputs_of(command, out, inbox[1]), references[command])
 
 
-def test_worker_killed_mid_sample_gives_identical_cube(inbox, references, tmp_path):
+@pytest.mark.parametrize("command", ["sample", "predict"])
+def test_worker_killed_mid_write_gives_identical_outputs(command, inbox, references, tmp_path):
+    """Workers write their own chunks (cube shards, COG tiles, Zarr chunks): a worker SIGKILLed while the
+    outputs are being written has its tasks rerun elsewhere, and the outputs equal an undisturbed run's."""
     import psutil
 
     from cluster_fixtures import start_dask_cluster
@@ -362,8 +365,8 @@ def test_worker_killed_mid_sample_gives_identical_cube(inbox, references, tmp_pa
     (tmp_path / "dask").mkdir()
     cluster = start_dask_cluster(tmp_path / "dask", n_workers=2)
     try:
-        run = polarxr(*command_line("sample", inbox, out, cluster.address))
-        wait_for(lambda: started_writing("sample", out) or run.poll() is not None, what="sample to start")
+        run = polarxr(*command_line(command, inbox, out, cluster.address))
+        wait_for(lambda: started_writing(command, out) or run.poll() is not None, what=f"{command} to start")
         nanny = psutil.Process(cluster.procs[1].pid)
         for child in nanny.children(recursive=True):  # the worker process under the first nanny
             child.send_signal(signal.SIGKILL)
@@ -371,7 +374,7 @@ def test_worker_killed_mid_sample_gives_identical_cube(inbox, references, tmp_pa
     finally:
         cluster.stop()
     assert code == 0, stderr
-    assert_equal_outputs(outputs_of("sample", out, inbox[1]), references["sample"])
+    assert_equal_outputs(outputs_of(command, out, inbox[1]), references[command])
 
 
 # ------------------------------------------------------------------------------------------ concurrency

@@ -171,3 +171,25 @@ def test_device_encoding_equals_the_host_encoding():
     device = _device_encode(torch.from_numpy(probs)[None])[0].numpy()
     np.testing.assert_array_equal(device, host)
     assert host.dtype == np.uint8 and host[0, 0, :8].tolist() == [0] * 8
+
+
+def test_cpu_encoding_in_strips_equals_encoding_the_whole_tile(monkeypatch):
+    """A CPU worker encodes a tile's probabilities strip by strip (bounded float temporaries): the bytes
+    equal softmax + encoding of the whole tile at once, strips that do not divide the height included."""
+    import torch
+
+    from polarxr import predict
+    from polarxr.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2, "pool": 2}).eval()
+    batch = (np.random.default_rng(5).random((2, 2, 96, 64), dtype=np.float32) - 0.5) * 6
+    with torch.inference_mode():
+        whole = predict._device_encode(torch.softmax(model(torch.from_numpy(batch)), dim=1)).numpy()
+    monkeypatch.setattr(predict, "ENCODE_STRIP", 40)
+    strips = predict._forward(model, batch, "cpu", encode=True)
+    assert strips.dtype == np.uint8 and strips.shape == (2, 4, 96, 64)
+    np.testing.assert_array_equal(strips, whole)
+    # the float path (no encoding) stays the whole-tile softmax
+    np.testing.assert_array_equal(predict._forward(model, batch, "cpu"), torch.softmax(
+        model(torch.from_numpy(batch)), dim=1).detach().numpy())

@@ -1,0 +1,105 @@
+"""``polarxr predict`` end to end as a user runs it, with the client's CPU apart from the workers'.
+
+    python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2
+
+Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net, measures the in-memory
+ideal (one process, ``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker
+count runs the installed CLI (``polarxr predict ... --workers N``) in a child process that reports its
+own CPU seconds (the client: planning, progress, commit) and its reaped children's (the local cluster's
+worker processes), the largest worker's peak RSS, and the wall time from start to exit (start-up of the
+cluster, reading, segmenting, COG + Zarr written, quicklook). Efficiency is ``Mpx/s / (workers x ideal)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from common import FULL_SIZE, random_checkpoint
+
+# Run in the child: the CLI's main(), then the rusage of this process and of its reaped children.
+_CHILD = """
+import json, resource, sys, time
+from polarxr.cli.main import main
+sys.argv = ["polarxr"] + sys.argv[1:]
+started = time.perf_counter()
+try:
+    main()
+except SystemExit as stop:
+    if stop.code:
+        raise
+wall = time.perf_counter() - started
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print("@@" + json.dumps({"wall": wall, "client": me.ru_utime + me.ru_stime, "workers": kids.ru_utime + kids.ru_stime,
+                         "worker_peak_mib": kids.ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=2, default=FULL_SIZE, metavar=("ROWS", "COLS"))
+    parser.add_argument("--scene", type=Path)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--ideal-tile", type=int, default=2048)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("extra", nargs="*", help="more options for polarxr predict (after --)")
+    args = parser.parse_args()
+
+    import torch
+
+    from predict_bench import ideal_mpx_s
+    from polarxr.scenes import open_scene
+
+    console = Console(width=150)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="polarxr-predict-cli-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    scene = args.scene
+    if scene is None:
+        from polarxr.synthetic import make_scene
+
+        started = time.perf_counter()
+        scene = make_scene(workdir / "scene", seed=3, size=tuple(args.size)).scene
+        console.print(f"synthetic {args.size[0]} x {args.size[1]} scene made in {time.perf_counter() - started:.0f} s")
+    opened = open_scene(scene)
+    megapixels = opened.sizes["y"] * opened.sizes["x"] / 1e6
+    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values])
+    torch.set_num_threads(1)
+    ideal = ideal_mpx_s(checkpoint, scene, args.ideal_tile, "cpu")
+    table = Table(title=f"polarxr predict of a {opened.sizes['y']} x {opened.sizes['x']} scene ({megapixels:.0f} Mpx) "
+                        f"from the CLI, CPU workers of 1 thread")
+    for column in ("workers", "wall s", "Mpx/s", "efficiency vs ideal", "client CPU s", "workers CPU s",
+                   "client / workers", "largest worker peak RSS"):
+        table.add_column(column, justify="right")
+    loads = []
+    for n in args.workers:
+        out = workdir / f"cli_{n}"
+        command = [sys.executable, "-c", _CHILD, "predict", str(scene), "--checkpoint", str(checkpoint),
+                   "--out", str(out / "class.tif"), "--probabilities", str(out / "prob.zarr"), "--workers", str(n),
+                   *args.extra]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+        if done.returncode:
+            console.print(done.stdout[-2000:], done.stderr[-4000:])
+            raise SystemExit(f"polarxr predict failed with exit {done.returncode}")
+        result = json.loads(done.stdout.rsplit("@@", 1)[1])
+        loads.append(os.getloadavg()[0])
+        rate = megapixels / result["wall"]
+        table.add_row(str(n), f"{result['wall']:.1f}", f"{rate:.2f}", f"{rate / (n * ideal) * 100:.0f}%",
+                      f"{result['client']:.1f}", f"{result['workers']:.1f}",
+                      f"{result['client'] / max(result['workers'], 1e-9) * 100:.1f}%",
+                      f"{result['worker_peak_mib']:,.0f} MiB")
+    console.print(table)
+    console.print(f"ideal: one process, {args.ideal_tile} x {args.ideal_tile} tile in memory, 1 thread: {ideal:.2f} Mpx/s; "
+                  f"1-min loadavg after each run: {', '.join(f'{v:.1f}' for v in loads)}")
+
+
+if __name__ == "__main__":
+    main()
