@@ -28,6 +28,7 @@ import xarray as xr
 
 from polarxr.classes import ICE, LAND, WATER
 from polarxr.graphs import compute_together
+from polarxr.observations.components import join_across_borders
 
 #: Default minimum mapping unit (px) of :func:`clean_classes`: 4 px (0.0064 km² at 40 m) is the smallest
 #: iceberg the observations count, so cleaning never removes an object that would be counted, while the
@@ -81,37 +82,12 @@ def _block_components(extended: np.ndarray) -> dict[str, np.ndarray]:
 
 def _decide(blocks: np.ndarray, min_pixels: int) -> list[np.ndarray]:
     """New class per local label of every block (row-major order), from the joined whole components."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     flat = list(blocks.ravel())
     sizes = np.array([len(b["n"]) for b in flat])
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(sizes.sum())
     kind = np.concatenate([b["kind"] for b in flat]) if total else np.empty(0, np.uint8)
-    pairs = []
-
-    def link(a: np.ndarray, off_a: int, b: np.ndarray, off_b: int) -> None:
-        both = (a > 0) & (b > 0)
-        ga, gb = a[both] - 1 + off_a, b[both] - 1 + off_b
-        same = kind[ga] == kind[gb]
-        if same.any():
-            pairs.append(np.column_stack([ga[same], gb[same]]))
-
-    n_i, n_j = blocks.shape
-    for i in range(n_i):
-        for j in range(n_j):
-            here = offsets[i * n_j + j]
-            if i + 1 < n_i:
-                link(blocks[i, j]["bottom"], here, blocks[i + 1, j]["top"], offsets[(i + 1) * n_j + j])
-            if j + 1 < n_j:
-                link(blocks[i, j]["right"], here, blocks[i, j + 1]["left"], offsets[i * n_j + j + 1])
-    if pairs:
-        edges = np.concatenate(pairs)
-        graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(total, total))
-        _, root = connected_components(graph, directed=False)
-    else:
-        root = np.arange(total)
+    root = join_across_borders(blocks, lambda a, b: kind[a] == kind[b])
     n = np.bincount(root, weights=np.concatenate([b["n"] for b in flat]) if total else None, minlength=total)
     contact = np.zeros((total, len(_CLASSES)))
     if total:

@@ -27,6 +27,7 @@ from affine import Affine
 
 from polarxr.classes import ICE, WATER
 from polarxr.graphs import compute_together
+from polarxr.observations.components import join_across_borders
 from polarxr.io import as_target, atomic_path
 
 #: Default upper bound of an iceberg's area (km²).
@@ -88,32 +89,7 @@ def lazy_objects(classes: da.Array) -> np.ndarray:
 
 def _merge(blocks: np.ndarray) -> pd.DataFrame:
     """Join per-block objects that touch across block borders (4-connectivity): one row per whole object."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    sizes = np.array([[len(b["n"]) for b in row] for row in blocks])
-    offsets = np.concatenate([[0], np.cumsum(sizes.ravel())])[:-1].reshape(sizes.shape)
-    total = int(sizes.sum())
-    pairs = []
-
-    def link(a: np.ndarray, off_a: int, b: np.ndarray, off_b: int) -> None:
-        both = (a > 0) & (b > 0)
-        if both.any():
-            pairs.append(np.column_stack([a[both] - 1 + off_a, b[both] - 1 + off_b]))
-
-    n_i, n_j = blocks.shape
-    for i in range(n_i):
-        for j in range(n_j):
-            if i + 1 < n_i:
-                link(blocks[i, j]["bottom"], offsets[i, j], blocks[i + 1, j]["top"], offsets[i + 1, j])
-            if j + 1 < n_j:
-                link(blocks[i, j]["right"], offsets[i, j], blocks[i, j + 1]["left"], offsets[i, j + 1])
-    if pairs:
-        edges = np.concatenate(pairs)
-        graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(total, total))
-        _, root = connected_components(graph, directed=False)
-    else:
-        root = np.arange(total)
+    root = join_across_borders(blocks)
     every = {k: np.concatenate([b[k] for b in blocks.ravel()]) for k in ("n", "sr", "sc", "bad")}
     frame = pd.DataFrame({"root": root, **every})
     return frame.groupby("root").agg(n=("n", "sum"), sr=("sr", "sum"), sc=("sc", "sum"), bad=("bad", "any"))
