@@ -223,6 +223,18 @@ def atomic_path(path: Target) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
+def scratch_path(path: Target, what: str) -> Iterator[Target]:
+    """Yield a temporary sibling of ``path`` for intermediate data (``what`` names it); removed on exit,
+    whatever happens. Its name is a :data:`TEMPORARY_NAME`, so a killed run's leftovers are recognised."""
+    tmp = _temporary(sibling(path, f"{name_of(path)}.{what}"))
+    try:
+        yield tmp
+    finally:
+        if exists(tmp):
+            remove(tmp)
+
+
+@contextlib.contextmanager
 def output_lock(paths) -> Iterator[None]:
     """Hold every local output of ``paths`` for this run; another run writing any of them is refused.
 

@@ -365,8 +365,9 @@ def probabilities(
 
 # --------------------------------------------------------------------------------------------- writing
 def class_map(scene: xr.DataArray, encoded: da.Array) -> xr.DataArray:
-    """The class map ``DataArray(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) of the encoded blocks, on the scene's grid."""
-    out = xr.DataArray(encoded[0], dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
+    """The class map ``DataArray(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) of the encoded blocks (or of the class
+    band alone, ``(y, x)``), on the scene's grid."""
+    out = xr.DataArray(encoded[0] if encoded.ndim == 3 else encoded, dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
     return out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
 
 
@@ -387,47 +388,75 @@ def probability_dataset(scene: xr.DataArray, encoded: da.Array, chunk: int, tags
     return probs.to_dataset()
 
 
-def _block_done(block: np.ndarray) -> np.ndarray:
+def _store_block(block: np.ndarray, class_store: str, probability_store: str | None, options: dict | None,
+                 block_info: dict | None = None) -> np.ndarray:
+    """The one task that consumes a block's inference: writes its class band into the staged class store and
+    its probabilities into their region of the probability Zarr; returns the block's marker ``(1, 1, 1)``.
+
+    Each block covers whole Zarr chunks, so no two tasks write one chunk, and a retried task rewrites the same
+    bytes. (One consumer per block: graphs wrapped separately by the COG and Zarr writers would each recompute
+    the inference; see ``benchmarks/predict_recompute.py``.)
+    """
+    import zarr
+
+    (_, _), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    zarr.open_array(class_store, mode="r+", storage_options=options)[y0:y1, x0:x1] = block[0]
+    if probability_store is not None:
+        group = zarr.open_group(probability_store, mode="r+", storage_options=options)
+        group["probability"][:, y0:y1, x0:x1] = block[1:]
     return np.zeros((1, 1, 1), np.uint8)
 
 
 @dataclass
 class _ScenePlan:
-    """One scene's graph: its outputs (under temporary names until committed) and per-block markers."""
+    """One scene's graph: its outputs (under temporary names until committed), the per-block tasks that
+    run the model and write the block (stage 1), and the COG written from the staged class band (stage 2)."""
 
     scene: xr.DataArray
     out_tif: Path | str
     out_zarr: Path | str | None
-    writes: list
     markers: list
     locations: list
+    cog: object
     outputs: ExitStack
 
 
 def _plan_scene(scene: xr.DataArray, encoded: da.Array, out_tif, out_zarr, tags: dict, chunk: int) -> _ScenePlan:
     """Build the writes of one scene: the class COG and the probability Zarr, both written by the workers."""
-    from polarxr.io import atomic_path, cog_graph, zarr_graph
+    import zarr
+
+    from polarxr.io import atomic_path, cog_graph, scratch_path, storage_options, zarr_graph
 
     outputs = ExitStack()
     try:
         tmp_tif = outputs.enter_context(atomic_path(out_tif))
-        writes = [cog_graph(class_map(scene, encoded), tmp_tif, nodata=NO_LABEL, tags=tags,
-                            description="class (0 land, 1 sea, 2 ice, 255 nodata)")]
+        staged = outputs.enter_context(scratch_path(out_tif, "classes.zarr"))
+        options = storage_options(staged)
+        height, width = encoded.shape[1:]
+        zarr_chunks = (min(chunk, height), min(chunk, width))
+        zarr.create_array(str(staged), shape=(height, width), chunks=zarr_chunks, dtype=np.uint8,
+                          fill_value=NO_LABEL, storage_options=options, zarr_format=3)
+        tmp_zarr = None
         if out_zarr is not None:
             tmp_zarr = outputs.enter_context(atomic_path(out_zarr))
-            writes.append(zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr))
+            # metadata and coordinates now (the client); the data by the block tasks below
+            zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr)
+        staged_classes = da.from_zarr(str(staged), storage_options=options, chunks=encoded.chunks[1:])
+        cog = cog_graph(class_map(scene, staged_classes), tmp_tif, nodata=NO_LABEL, tags=tags,
+                        description="class (0 land, 1 sea, 2 ice, 255 nodata)")
     except BaseException:
         outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)
         raise
-    # a tiny task per block: progress as blocks finish, and the block's place when one fails
-    markers = encoded.map_blocks(_block_done, chunks=(1, 1, 1), dtype=np.uint8).to_delayed()
+    markers = encoded.map_blocks(_store_block, str(staged), None if tmp_zarr is None else str(tmp_zarr),
+                                 options, chunks=(1, 1, 1), dtype=np.uint8,
+                                 meta=np.empty((0, 0, 0), np.uint8)).to_delayed()
     y_edges = np.cumsum((0,) + encoded.chunks[1])
     x_edges = np.cumsum((0,) + encoded.chunks[2])
     flat, locations = [], []
     for (_, i, j), marker in np.ndenumerate(markers):
         flat.append(marker)
         locations.append((slice(int(y_edges[i]), int(y_edges[i + 1])), slice(int(x_edges[j]), int(x_edges[j + 1]))))
-    return _ScenePlan(scene, out_tif, out_zarr, writes, flat, locations, outputs)
+    return _ScenePlan(scene, out_tif, out_zarr, flat, locations, cog, outputs)
 
 
 def predict_scenes(
@@ -542,10 +571,8 @@ def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) ->
             ensure_not_empty(scene)
             encoded = probabilities(scene, checkpoint, encode=True, **options).data
             plans.append(_plan_scene(scene, encoded, out_tif, out_zarr, tags, options["chunk"]))
-        # one graph for every scene: the writes (which compute the blocks) and a marker per block
-        all_writes = [w for plan in plans for w in plan.writes]
-        futures = submit_together(client, all_writes + [m for plan in plans for m in plan.markers], retries=2)
-        writes, markers = futures[:len(all_writes)], futures[len(all_writes):]
+        # stage 1, one graph for every scene: a task per block runs the model and writes the block
+        markers = submit_together(client, [m for plan in plans for m in plan.markers], retries=2)
         where = [(plan, location) for plan in plans for location in plan.locations]
         index_of = {f.key: k for k, f in enumerate(markers)}
         for done, future in enumerate(as_completed(markers), start=1):
@@ -561,7 +588,8 @@ def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) ->
             future.release()
             if progress:
                 progress(done, len(markers))
-        for future in writes:
+        # stage 2: the COGs, from the staged class bands (uint8, read back once)
+        for future in submit_together(client, [plan.cog for plan in plans], retries=2):
             future.result()
     except BaseException:
         for plan in plans:
