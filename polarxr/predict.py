@@ -364,10 +364,9 @@ def probabilities(
 
 
 # --------------------------------------------------------------------------------------------- writing
-def class_map(scene: xr.DataArray, encoded: da.Array) -> xr.DataArray:
-    """The class map ``DataArray(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) of the encoded blocks (or of the class
-    band alone, ``(y, x)``), on the scene's grid."""
-    out = xr.DataArray(encoded[0] if encoded.ndim == 3 else encoded, dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
+def class_map(scene: xr.DataArray, classes: da.Array) -> xr.DataArray:
+    """The class band ``(y, x)`` uint8 (L=0 W=1 I=2, 255 nodata) as a ``DataArray`` on the scene's grid and CRS."""
+    out = xr.DataArray(classes, dims=("y", "x"), coords={"y": scene.y, "x": scene.x}, name="class")
     return out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
 
 
@@ -439,7 +438,7 @@ def _plan_scene(scene: xr.DataArray, encoded: da.Array, out_tif, out_zarr, tags:
         tmp_zarr = None
         if out_zarr is not None:
             tmp_zarr = outputs.enter_context(atomic_path(out_zarr))
-            # metadata and coordinates now (the client); the data by the block tasks below
+            # metadata and coordinates now (the client); its graph is dropped: the block tasks below write the data
             zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr)
         staged_classes = da.from_zarr(str(staged), storage_options=options, chunks=encoded.chunks[1:])
         cog = cog_graph(class_map(scene, staged_classes), tmp_tif, nodata=NO_LABEL, tags=tags,
