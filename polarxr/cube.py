@@ -75,9 +75,9 @@ from zarr.codecs import BloscCodec
 
 from polarxr.classes import N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError
-from polarxr.graphs import compute_together
-from polarxr.patches import extract_patches, merge_stats, stats_tasks
-from polarxr.samplers import SamplerConfig, check_patch_fits, sample_positions
+from polarxr.graphs import compute_together, submit_together
+from polarxr.patches import merge_stats
+from polarxr.samplers import SamplerConfig, check_patch_fits
 
 FORMAT = "polarxr-training-cube/1"
 #: patches per shard file of ``image`` and ``label``
@@ -322,16 +322,11 @@ class CubeWriter:
             array.resize((start + n, *array.shape[1:]))
         return start
 
-    def store_patches(self, image: da.Array, label: da.Array, start: int):
-        """A delayed store of lazy patches at ``start``: shard-aligned, so each task owns its shard files."""
-        n = image.shape[0]
-        first = min(n, SHARD - start % SHARD)
-        rest = n - first
-        chunks = ((first, *([SHARD] * (rest // SHARD)), *([rest % SHARD] if rest % SHARD else [])),)
-        region = (slice(start, start + n),)
-        return da.store([image.rechunk(chunks + image.chunks[1:]), label.rechunk(chunks + label.chunks[1:])],
-                        [self.root["image"], self.root["label"]], regions=[region, region], lock=False,
-                        compute=False)
+    def pending(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(start, image, label)``: the committed patches of the last, partly filled shard (the first
+        shard a new scene's patches complete), read back so that it can be written whole again."""
+        start = self.committed // SHARD * SHARD
+        return start, self.root["image"][start:self.committed], self.root["label"][start:self.committed]
 
     def write(self, start: int, values: dict[str, np.ndarray]) -> None:
         """Write in-memory arrays (any of image, label and the per-patch vectors) at ``start``."""
@@ -492,12 +487,81 @@ class CubeBuild:
                                                  record["patch_counts"], start=record["start"])
                 if on_progress:
                     on_progress(path.stem, "skipped")
-        for item in self.prepared:
-            result = add_scene(writer, item.scene, item.raster, self.sampler, self.split, on_progress=on_progress)
-            if item.path.stem in replaced:
-                result.status = "replaced"
-            results[item.path.stem] = result
+        if self.prepared:
+            for result in self._build(writer, on_progress):
+                if result.name in replaced:
+                    result.status = "replaced"
+                results[result.name] = result
         return [results[path.stem] for path, _ in self.pairs]
+
+    def _build(self, writer: CubeWriter, on_progress: ProgressCallback | None) -> list[SceneResult]:
+        """All planned scenes in one graph (:mod:`polarxr.cubegraph`), committed in order."""
+        from polarxr.cubegraph import SceneInfo, build_graph, scene_graph, warn_shortfalls
+
+        records = writer.records
+        splits = [r["split"] for r in records]
+        graphs = []
+        for item in self.prepared:
+            scene = item.scene
+            name = Path(scene.attrs["source"]).stem
+            writer.layout.check_matches(CubeLayout.of_scene(scene, self.sampler.patch_size), scene.attrs["source"],
+                                        f"scene of cube {writer.path}")
+            split_name = self.split.choose(name, splits)
+            splits.append(split_name)
+            info = SceneInfo(name, str(scene.attrs["source"]), str(item.raster.attrs.get("chart")),
+                             tuple(int(s) for s in scene.shape[1:]), scene.attrs.get("start"), split_name,
+                             SPLIT_CODES[split_name], tuple(scene.rio.transform()), self.sampler)
+            graphs.append(scene_graph(scene, item.raster, self.sampler, info))
+        committed = writer.committed
+        pending = writer.pending()
+        writer.reserve(sum(g.upper_bound for g in graphs))  # shrunk to the committed patches at the end
+        commits = build_graph(graphs, str(self.cube_path), committed, pending, records, SHARD)
+        summaries = [g.summary for g in graphs]
+        names = [g.info.name for g in graphs]
+        if on_progress:
+            on_progress(names[0], "sampling")
+        client = _active_client()
+        if client is not None:
+            futures = submit_together(client, [*commits, *summaries])
+            try:
+                for k, future in enumerate(futures[:len(commits)]):
+                    future.result()
+                    if on_progress:
+                        on_progress(names[k], "done")
+                        if k + 1 < len(names):
+                            on_progress(names[k + 1], "writing")
+                done = [future.result() for future in futures]
+            finally:
+                client.cancel(futures)
+        else:
+            done = compute_together(*commits, *summaries)
+            if on_progress:
+                for name in names:
+                    on_progress(name, "done")
+        CubeWriter.open(self.cube_path)  # the arrays back to the committed patches
+        final, summaries = done[len(commits) - 1], done[len(commits):]
+        by_name = {r["name"]: r for r in final}
+        results = []
+        for graph, summary in zip(graphs, summaries):
+            warn_shortfalls(summary, graph.info.source, self.sampler.samples_per_label)
+            record = by_name[graph.info.name]
+            results.append(SceneResult(record["name"], "added", record["split"], record["count"],
+                                       record["patch_counts"], record["sampling"]["shortfall"] or {},
+                                       record["start"]))
+        return results
+
+
+def _active_client():
+    """The ``distributed`` client that dask computes on now, if any."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    import dask
+
+    return client if dask.base.get_scheduler() == client.get else None
 
 
 def _existing(cube_path: Path) -> tuple[CubeLayout | None, list[dict]]:
@@ -577,57 +641,6 @@ def _check_assignments(split: SplitConfig, names: list[str], committed: dict, ov
                                    f"{wanted!r}: pass overwrite (--overwrite) to re-split it")
 
 
-def add_scene(
-    writer: CubeWriter,
-    scene: xr.DataArray,
-    raster: xr.DataArray,
-    sampler: SamplerConfig,
-    split: SplitConfig = SplitConfig(),
-    *,
-    on_progress: ProgressCallback | None = None,
-) -> SceneResult:
-    """Sample, cut and append one scene and commit it.
-
-    ``scene`` is ``DataArray(band, y, x)`` from :func:`polarxr.scenes.open_scene`, ``raster`` its chart
-    rasterized by :func:`polarxr.labels.rasterize_chart` (same grid and chunks; the scene's nodata is
-    applied here, so it may be rasterized onto one band).
-    """
-    name = Path(scene.attrs["source"]).stem
-    layout = CubeLayout.of_scene(scene, sampler.patch_size)
-    writer.layout.check_matches(layout, scene.attrs["source"], f"scene of cube {writer.path}")
-    if on_progress:
-        on_progress(name, "sampling")
-    positions = sample_positions(scene, raster, sampler, name)
-    image, label = extract_patches(scene, raster, positions, sampler.patch_size)
-    records = writer.records
-    split_name = split.choose(name, [r["split"] for r in records])
-    if on_progress:
-        on_progress(name, "writing")
-    start = writer.reserve(len(positions))
-    _, *parts = compute_together(writer.store_patches(image, label, start), *stats_tasks(image, label, layout.nodata))
-    size = sampler.patch_size
-    xs, ys = scene.rio.transform() * (positions.col + size / 2, positions.row + size / 2)
-    writer.write(start, {
-        "patch_label": positions.label, "scene": np.full(len(positions), len(records), np.int32),
-        "row": positions.row, "col": positions.col, "x": np.asarray(xs, np.float64), "y": np.asarray(ys, np.float64),
-        "split": np.full(len(positions), SPLIT_CODES[split_name], np.uint8),
-    })
-    counts = np.bincount(positions.label, minlength=N_CLASSES)
-    record = {
-        "name": name, "source": str(scene.attrs["source"]), "chart": str(raster.attrs.get("chart")),
-        "start": start, "count": len(positions), "split": split_name,
-        "shape": [int(s) for s in scene.shape[1:]], "start_time": scene.attrs.get("start"),
-        "patch_counts": {str(k): int(counts[k]) for k in range(N_CLASSES)},
-        "sampler": {"mode": sampler.mode, **sampler.params()}, "sampling": positions.summary(),
-        "stats": merge_stats(list(parts)),
-    }
-    writer.commit([*records, record])
-    if on_progress:
-        on_progress(name, "done")
-    return SceneResult(name, "added", split_name, len(positions), record["patch_counts"],
-                       record["sampling"]["shortfall"] or {}, start)
-
-
 def remove_scenes(cube_path: str | Path, names: Iterable[str]) -> CubeWriter:
     """Rewrite the cube without the scenes ``names`` (atomically: a copy replaces it when complete)."""
     from polarxr.io import atomic_path
@@ -691,5 +704,5 @@ def open_cube(path: str | Path) -> xr.Dataset:
 
 __all__ = [
     "CubeError", "CubeLayout", "CubeWriter", "SamplerConfig", "SceneResult",
-    "SplitConfig", "add_scene", "build_cube", "plan_cube", "CubeBuild", "open_cube", "open_cube_group", "remove_scenes",
+    "SplitConfig", "build_cube", "plan_cube", "CubeBuild", "open_cube", "open_cube_group", "remove_scenes",
 ]

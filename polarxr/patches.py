@@ -1,22 +1,17 @@
-"""Cutting the chosen patches out of a scene and its labels, lazily and in parallel, with their statistics.
+"""Patches of a scene and its labels: positions, cutting windows out of a block, and their statistics.
 
-Patches are grouped by the chunk holding their top-left pixel. Each group reads one window of the scene:
-that chunk extended by ``patch_size - 1`` px below and to the right (a slice of the dask array, so only
-the chunks it touches are read), and one ``map_blocks`` task cuts all its patches from it. So a patch
-that crosses a chunk border is cut from real neighbouring pixels, chunks without patches are never read
-(most of them with the random sampler), and no overlapped copy of the whole scene is made, which
-``map_overlap`` would do for every chunk. Memory per task: one chunk plus its margin.
+The cube's build (:mod:`polarxr.cubegraph`) cuts the patches of each chunk in the task that finds its
+eligible positions, from the chunk extended by ``patch_size - 1`` px below and to the right (slices of
+the scene's chunk tasks), so a patch that crosses a chunk border is cut from real neighbouring pixels and
+every chunk is read once. Memory per task: one chunk plus its margin, and its patches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import dask
 import dask.array as da
 import numpy as np
-import xarray as xr
-from dask.delayed import Delayed
 from numpy.lib.stride_tricks import sliding_window_view
 
 from polarxr.classes import N_CLASSES, NO_LABEL
@@ -91,60 +86,16 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
     return np.ascontiguousarray(np.moveaxis(windows[..., rows, cols, :, :], -3, 0))
 
 
-def _region(array: da.Array, window: tuple[slice, slice]) -> da.Array:
-    """``array[..., window]`` as one chunk."""
-    region = array[(Ellipsis, *window)]
-    return region.rechunk(region.shape)
-
-
-def _cut(region: da.Array, rows: np.ndarray, cols: np.ndarray, size: int) -> da.Array:
-    """Patches ``(n, [band,] size, size)`` cut from a one-chunk region by one task."""
-    lead = region.shape[:-2]
-    return region.map_blocks(
-        cut_windows, rows, cols, size, new_axis=0,
-        chunks=((len(rows),), *((n,) for n in lead), (size,), (size,)),
-        dtype=region.dtype, meta=np.empty((0,) * (region.ndim + 1), dtype=region.dtype),
-    )
-
-
-def extract_patches(scene: xr.DataArray, raster: xr.DataArray, positions: PatchPositions, size: int
-                    ) -> tuple[da.Array, da.Array]:
-    """Lazy ``image (patch, band, y, x)`` in the scene's dtype and ``label (patch, y, x)`` uint8.
-
-    ``raster`` is the chart rasterized on the scene's grid without the scene's nodata
-    (:func:`polarxr.labels.rasterize_chart` of one band); labels are set to 255 where the scene has no
-    data here, from the same window that gives the image patches. One dask chunk per group of patches (patches whose
-    top-left pixel lies in the same chunk of ``positions.core_chunks``), in the order of ``positions``.
-    """
-    height, width = raster.shape
-    nodata = scene.rio.nodata
-    core_y, core_x = positions.core_chunks
-    y_edges = np.concatenate([[0], np.cumsum(core_y)])
-    x_edges = np.concatenate([[0], np.cumsum(core_x)])
-    images, label_patches = [], []
-    blocks, starts = np.unique(positions.block, return_index=True)
-    bounds = np.append(starts, len(positions))
-    for block, lo, hi in zip(blocks, bounds[:-1], bounds[1:]):
-        bi, bj = divmod(int(block), len(core_x))
-        y0, x0 = int(y_edges[bi]), int(x_edges[bj])
-        window = (slice(y0, min(height, int(y_edges[bi + 1]) + size - 1)),
-                  slice(x0, min(width, int(x_edges[bj + 1]) + size - 1)))
-        rows, cols = positions.row[lo:hi] - y0, positions.col[lo:hi] - x0
-        image = _region(scene.data, window)
-        labels = masked_labels(image, _region(raster.data, window), nodata)
-        images.append(_cut(image, rows, cols, size))
-        label_patches.append(_cut(labels, rows, cols, size))
-    return da.concatenate(images, axis=0), da.concatenate(label_patches, axis=0)
-
-
 def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> dict:
     """Per-band count, mean and M2 (sum of squared deviations) over valid pixels, and label pixel counts.
 
     A pixel is valid by :func:`polarxr.scenes.valid_pixels` (8-bit: no band ``nodata``; float: a band finite);
     non-finite values (NaN, ±inf) of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
     """
-    values = image.astype(np.float64)
     valid_pixel = valid_pixels(image, nodata, band_axis=1)
+    if image.dtype == np.uint8:
+        return _patch_stats_uint8(image, label, valid_pixel)
+    values = image.astype(np.float64)
     counts, means, m2s = [], [], []
     for band in range(values.shape[1]):
         v = values[:, band][valid_pixel & np.isfinite(values[:, band])]
@@ -154,6 +105,25 @@ def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> d
         m2s.append(float(((v - mean) ** 2).sum()) if v.size else 0.0)
     pixels = {str(code): int((label == code).sum()) for code in LABEL_CODES}
     return {"count": counts, "mean": means, "m2": m2s, "pixels": pixels}
+
+
+def _patch_stats_uint8(image: np.ndarray, label: np.ndarray, valid_pixel: np.ndarray) -> dict:
+    """:func:`patch_stats` of 8-bit patches, bit for bit, without a float64 copy of the patches.
+
+    The sum of 8-bit values is an exact integer in float64 whatever the order, so the mean equals the
+    float path's; each squared deviation is looked up per value (the float path's element, exactly) and
+    summed over the same sequence by the same pairwise summation, so M2 is identical too (tested)."""
+    counts, means, m2s = [], [], []
+    levels = np.arange(256, dtype=np.float64)
+    for band in range(image.shape[1]):
+        v = image[:, band][valid_pixel]
+        counts.append(int(v.size))
+        mean = float(v.mean(dtype=np.float64)) if v.size else 0.0
+        means.append(mean)
+        m2s.append(float(((levels - mean) ** 2)[v].sum()) if v.size else 0.0)
+    histogram = np.bincount(label.reshape(-1), minlength=256)
+    return {"count": counts, "mean": means, "m2": m2s,
+            "pixels": {str(code): int(histogram[code]) for code in LABEL_CODES}}
 
 
 def merge_stats(parts: list[dict]) -> dict:
@@ -175,9 +145,3 @@ def merge_stats(parts: list[dict]) -> dict:
         for key, value in part["pixels"].items():
             pixels[key] = pixels.get(key, 0) + int(value)
     return {"count": [int(c) for c in count], "mean": mean.tolist(), "m2": m2.tolist(), "pixels": pixels}
-
-
-def stats_tasks(image: da.Array, label: da.Array, nodata: float | None) -> list[Delayed]:
-    """One :func:`patch_stats` task per chunk of the patch arrays (sharing their tasks when computed together)."""
-    return [dask.delayed(patch_stats)(im, lab, nodata)
-            for im, lab in zip(image.to_delayed().ravel(), label.to_delayed().ravel())]

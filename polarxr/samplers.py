@@ -17,26 +17,23 @@ scene nodata and at least ``min_labelled`` of them carry a label.
   hits class k with probability N_k / (H * W)) to decide how many patches of each class the seed would
   have obtained, then those are taken from the rasterized labels.
 
-Eligibility is computed per chunk with ``dask.array.overlap`` (depth ``patch_size - 1`` below and to
-the right, so windows crossing chunk borders are judged on their full content) and box sums of the
-nodata and labelled masks (summed-area tables). Each chunk returns only its few candidates, never a
-raster, so memory stays at a few chunks whatever the scene size.
+Eligibility is computed per chunk (:func:`block_candidates`) on the chunk extended by ``patch_size - 1``
+px below and to the right (so windows crossing chunk borders are judged on their full content) with box
+sums of the nodata and labelled masks (summed-area tables; skipped when every window passes). The build
+(:mod:`polarxr.cubegraph`) runs it in the task that cuts the chunk's patches; random mode keeps per chunk
+only the ``samples_per_label`` smallest keys of each class, and merges them in a tree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from dataclasses import asdict, dataclass
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 
-from polarxr.classes import CLASS_NAMES, N_CLASSES
+from polarxr.classes import N_CLASSES
 from polarxr.errors import CubeError
-from polarxr.patches import PatchPositions, masked_labels
 
 MODES = ("random", "grid")
 #: Code of scene-nodata pixels in the per-chunk eligibility input (labels use 0-2 and 255).
@@ -160,42 +157,39 @@ def _window_sums(table: np.ndarray, rows: slice, cols: slice, size: int) -> np.n
             - table[shifted(rows, size), cols] + table[rows, cols])
 
 
-def _block_candidates(
+def block_candidates(
     code: np.ndarray,
-    *,
-    origins: tuple[np.ndarray, np.ndarray],
-    core: tuple[tuple[int, ...], tuple[int, ...]],
+    origin: tuple[int, int],
+    core: tuple[int, int],
     scene_shape: tuple[int, int],
     config: SamplerConfig,
     salt: int,
-    block_info: dict | None = None,
-) -> np.ndarray:
-    """Candidates of one chunk: a (1, 1) object array holding a dict of small arrays.
+) -> dict[str, np.ndarray]:
+    """Candidates of one chunk (a dict of small arrays).
 
-    ``code`` is the chunk extended by ``patch_size - 1`` px below and to the right (uint8: class 0-2,
+    ``code`` is the chunk whose top-left pixel is ``origin`` (global row, col) and whose size is ``core``,
+    extended by up to ``patch_size - 1`` px below and to the right (within the scene; uint8: class 0-2,
     255 unlabelled, 254 nodata). Returns ``counts`` (eligible positions per class, int64 (3,)) and the
-    candidates ``row``, ``col`` (global int32), ``label`` (uint8), ``key`` (uint64; random mode: per
-    class only the ``samples_per_label`` smallest keys, as no more can ever be selected).
+    candidates ``row``, ``col`` (global int32, row-major), ``label`` (uint8), ``key`` (uint64; random
+    mode: per class only the ``samples_per_label`` smallest keys, as no more can ever be selected).
     """
-    i, j = block_info[0]["chunk-location"]
-    y0, x0 = int(origins[0][i]), int(origins[1][j])
+    y0, x0 = int(origin[0]), int(origin[1])
     size = config.patch_size
     # positions whose window fits inside the scene
-    n_rows = max(0, min(core[0][i], scene_shape[0] - size - y0 + 1))
-    n_cols = max(0, min(core[1][j], scene_shape[1] - size - x0 + 1))
+    n_rows = max(0, min(core[0], scene_shape[0] - size - y0 + 1))
+    n_cols = max(0, min(core[1], scene_shape[1] - size - x0 + 1))
     # lattice of candidate top-left corners (local px): every position, or the global grid
     stride = config.grid_stride if config.mode == "grid" else 1
     rows = slice((-y0) % stride, max(n_rows, (-y0) % stride), stride)
     cols = slice((-x0) % stride, max(n_cols, (-x0) % stride), stride)
-    out = np.empty((1, 1), dtype=object)
     empty = {"counts": np.zeros(N_CLASSES, np.int64), "row": np.empty(0, np.int32),
              "col": np.empty(0, np.int32), "label": np.empty(0, np.uint8), "key": np.empty(0, np.uint64)}
     if rows.start >= rows.stop or cols.start >= cols.stop:
-        out[0, 0] = empty
-        return out
+        return empty
     centre = code[size // 2:, size // 2:][rows, cols]
     eligible = centre < N_CLASSES
-    eligible &= _window_sums(_integral(code == _NODATA_CODE), rows, cols, size) <= config.max_nodata_px
+    if config.max_nodata_px < size * size:  # otherwise every window passes: no sums needed
+        eligible &= _window_sums(_integral(code == _NODATA_CODE), rows, cols, size) <= config.max_nodata_px
     if config.min_labelled_px > 0:
         eligible &= _window_sums(_integral(code < N_CLASSES), rows, cols, size) >= config.min_labelled_px
     r_idx, c_idx = np.nonzero(eligible)
@@ -204,8 +198,7 @@ def _block_candidates(
     g_cols = (c_idx * stride + cols.start + x0).astype(np.int32)
     counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES].astype(np.int64)
     if config.mode == "grid":
-        out[0, 0] = dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
-        return out
+        return dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
     keys = position_keys(g_rows, g_cols, scene_shape[1], salt)
     keep = []
     for k in range(N_CLASSES):
@@ -214,8 +207,19 @@ def _block_candidates(
             members = members[np.argpartition(keys[members], config.samples_per_label - 1)[: config.samples_per_label]]
         keep.append(members)
     keep = np.sort(np.concatenate(keep))
-    out[0, 0] = dict(counts=counts, row=g_rows[keep], col=g_cols[keep], label=labels[keep], key=keys[keep])
-    return out
+    return dict(counts=counts, row=g_rows[keep], col=g_cols[keep], label=labels[keep], key=keys[keep])
+
+
+def smallest_keys(labels: np.ndarray, keys: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  quota: np.ndarray | int) -> np.ndarray:
+    """Indices of the ``quota`` (per class) smallest ``(key, row, col)`` candidates of each class, sorted."""
+    quota = np.broadcast_to(np.asarray(quota), (N_CLASSES,))
+    chosen = []
+    for k in range(N_CLASSES):
+        members = np.flatnonzero(labels == k)
+        order = np.lexsort((cols[members], rows[members], keys[members]))
+        chosen.append(members[order[: int(quota[k])]])
+    return np.sort(np.concatenate(chosen))
 
 
 def simulate_tries(eligible: np.ndarray, quota: int, n_positions: int, max_tries: int, salt: int
@@ -240,78 +244,3 @@ def simulate_tries(eligible: np.ndarray, quota: int, n_positions: int, max_tries
         hits = cumulative[:, -1]
         done += len(draws)
     return np.minimum(np.minimum(hits, quota), eligible), done
-
-
-def sample_positions(scene: xr.DataArray, raster: xr.DataArray, config: SamplerConfig,
-                     scene_name: str) -> PatchPositions:
-    """Choose the patches of one scene from its chunk-aligned chart raster (computes on the active scheduler).
-
-    ``scene`` is ``DataArray(band, y, x)`` (dask), ``raster`` its chart rasterized on the same grid and
-    chunks, ``DataArray(y, x)`` uint8 (:func:`polarxr.labels.rasterize_chart`; whether or not it is
-    already 255 where the scene has no data: the scene's nodata is applied here). Raises :class:`CubeError` when the patch does not fit the
-    scene or its chunks, or when no position is eligible; warns (:class:`SamplingWarning`) when a class
-    falls short of its quota.
-    """
-    where = scene.attrs.get("source", scene_name)
-    config.validate(where)
-    code = masked_labels(scene.data, raster.data, scene.rio.nodata, fill=_NODATA_CODE)
-    check_patch_fits(config, code.shape, code.chunks, where)
-    depth = config.patch_size - 1
-    core = tuple(_core_chunks(c, depth) for c in code.chunks)
-    code = code.rechunk(core)
-    if depth:
-        code = da.overlap.overlap(code, depth={0: (0, depth), 1: (0, depth)}, boundary="none")
-    origins = tuple(np.concatenate([[0], np.cumsum(c)[:-1]]) for c in core)
-    salt = scene_salt(config.seed, scene_name)
-    blocks = code.map_blocks(
-        _block_candidates, origins=origins, core=core, scene_shape=raster.shape, config=config, salt=salt,
-        dtype=object, chunks=(1, 1), meta=np.empty((0, 0), dtype=object),
-    ).compute()
-    return _select(blocks, config, raster.shape, core, salt, where, raster.attrs.get("chart"))
-
-
-def _select(blocks: np.ndarray, config: SamplerConfig, shape: tuple[int, int], core, salt: int,
-            where: object, chart: str | None) -> PatchPositions:
-    """Merge the per-chunk candidates into the final choice, in storage order."""
-    results = blocks.ravel()
-    block_ids = np.concatenate([np.full(len(r["row"]), b, np.int32) for b, r in enumerate(results)])
-    rows, cols, labels, keys = (np.concatenate([r[name] for r in results]) for name in ("row", "col", "label", "key"))
-    eligible = np.sum([r["counts"] for r in results], axis=0)
-    requested = None
-    tries = None
-    if config.mode == "random":
-        quota = config.samples_per_label
-        requested = {k: quota for k in range(N_CLASSES)}
-        if config.max_tries is None:
-            accepted = np.minimum(eligible, quota)
-        else:
-            accepted, tries = simulate_tries(eligible, quota, shape[0] * shape[1], config.max_tries, salt)
-        chosen = []
-        for k in range(N_CLASSES):
-            members = np.flatnonzero(labels == k)
-            order = np.lexsort((cols[members], rows[members], keys[members]))
-            chosen.append(members[order[: accepted[k]]])
-        chosen = np.concatenate(chosen)
-    else:
-        accepted = eligible
-        chosen = np.arange(len(rows))
-    order = chosen[np.lexsort((cols[chosen], rows[chosen], block_ids[chosen]))]
-    positions = PatchPositions(
-        row=rows[order], col=cols[order], label=labels[order], block=block_ids[order], core_chunks=core,
-        eligible={k: int(v) for k, v in enumerate(eligible)}, requested=requested,
-        accepted={k: int(v) for k, v in enumerate(accepted)}, tries=tries,
-    )
-    if len(positions) == 0:
-        raise CubeError(where, f"no {config.patch_size} px patch fits the sampler's rules (centre pixel "
-                               f"labelled by the chart {chart}, at most {config.max_nodata:g} nodata, at least "
-                               f"{config.min_labelled:g} labelled): check the chart covers the scene's data")
-    if requested is not None:
-        positions.shortfall = {k: requested[k] - positions.accepted[k] for k in requested
-                               if positions.accepted[k] < requested[k]}
-        for k, missing in positions.shortfall.items():
-            reason = ("the chart labels no eligible position of this class" if eligible[k] == 0 else
-                      f"only {eligible[k]} eligible positions" if eligible[k] < requested[k] else
-                      f"max_tries={config.max_tries} reached after {tries} draws")
-            warnings.warn(f"{where}: {positions.accepted[k]} of {requested[k]} {CLASS_NAMES[k]} patches "
-                          f"({reason})", SamplingWarning, stacklevel=2)
-    return positions
