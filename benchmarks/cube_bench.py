@@ -90,7 +90,7 @@ def cube_build(scene_path: Path, chart_path: Path, cube: Path, size: int, mode: 
     from polarxr.samplers import SamplerConfig
 
     # the seed has no nodata rule: allow any nodata so that both draw from the same positions
-    config = SamplerConfig(mode=mode, patch_size=size, samples_per_label=quota, max_nodata=1.0)
+    config = SamplerConfig(mode=mode, patch_size=size, samples_per_label=max(quota, 1), max_nodata=1.0)
     [result] = build_cube([(scene_path, chart_path)], cube, config, chunks=chunk)
     return result.patches
 
@@ -146,6 +146,35 @@ def storage_sweep(scene_path: Path, workdir: Path, size: int, n_patches: int, co
     console.print(table)
 
 
+def _scene(folder: Path, seed: int, size: tuple[int, int], make_scene):
+    """The synthetic scene in ``folder``: reused when a previous run (same ``--workdir``) left it there."""
+    from types import SimpleNamespace
+
+    import rasterio
+
+    scenes, charts = sorted(folder.glob("*.tif")), sorted(folder.glob("seaice_s1_*.shp"))
+    if len(scenes) == 1 and len(charts) == 1:
+        with rasterio.open(scenes[0]) as src:
+            if (src.height, src.width) == size:
+                return SimpleNamespace(scene=scenes[0], chart=charts[0])
+    return make_scene(folder, seed=seed, size=size)
+
+
+def batch_read_ms(cube: Path, batches: int = 50, batch: int = 28) -> float:
+    """Milliseconds to read a batch of ``batch`` random patches one by one (as the training DataLoader)."""
+    import zarr
+
+    image, label = zarr.open_array(cube / "image", mode="r"), zarr.open_array(cube / "label", mode="r")
+    n = int(zarr.open_group(cube, mode="r").attrs["n_patches"])
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(batches):
+        for k in rng.integers(0, n, batch):
+            image[int(k)]
+            label[int(k)]
+    return (time.perf_counter() - started) / batches * 1000
+
+
 def timed(func, *args) -> tuple[int, float]:
     started = time.perf_counter()
     n = func(*args)
@@ -183,8 +212,8 @@ def main() -> None:
     shape = f"{rows_cols[0]} x {rows_cols[1]}"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="polarxr-cube-bench-"))
     started = time.perf_counter()
-    made = make_scene(workdir / "scene", seed=args.scene_seed, size=rows_cols)
-    console.print(f"synthetic {shape} scene written in {time.perf_counter() - started:.1f} s")
+    made = _scene(workdir / "scene", args.scene_seed, rows_cols, make_scene)
+    console.print(f"synthetic {shape} scene ready in {time.perf_counter() - started:.1f} s ({made.scene})")
     if args.storage:
         storage_sweep(made.scene, workdir, args.patch_size, args.storage_patches, console)
         return
@@ -193,27 +222,34 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     rows: dict[tuple, list] = {run: [] for run in runs}
     for mode, quota in runs:
+        load = os.getloadavg()[0]
         n, seconds = timed(seed_sampler, made.scene, made.chart, workdir / f"seed-{mode}-{quota}", args.patch_size,
                            mode, quota, args.max_tries)
-        rows[mode, quota].append(("seed: PNG per patch, point-in-polygon", "1 process", n, seconds))
+        shutil.rmtree(workdir / f"seed-{mode}-{quota}", ignore_errors=True)
+        rows[mode, quota].append(("seed: PNG per patch, point-in-polygon", "1 process", n, seconds, None, load))
     for n_workers in workers:
         with get_client(n_workers=n_workers, threads_per_worker=1):
             for mode, quota in runs:
                 cube = workdir / f"cube-{mode}-{quota}-{n_workers}.zarr"
+                load = os.getloadavg()[0]
                 n, seconds = timed(cube_build, made.scene, made.chart, cube, args.patch_size, mode, quota, args.chunk)
-                rows[mode, quota].append(("polarxr: Zarr cube, map_blocks", f"{n_workers} worker(s)", n, seconds))
+                rows[mode, quota].append(("polarxr: Zarr cube, one graph", f"{n_workers} worker(s)", n, seconds,
+                                          batch_read_ms(cube), load))
+                shutil.rmtree(cube, ignore_errors=True)
     for mode, quota in runs:
         table = Table(title=f"{mode} sampler, {args.patch_size} px patches, {shape} scene"
                             + (f", quota {quota} per class" if mode == "random" else f", stride {args.patch_size}")
                             + f", chunk {args.chunk}")
-        for column in ("method", "compute", "patches", "seconds", "patches / s", "vs seed", "vs 1 worker"):
+        for column in ("method", "compute", "patches", "seconds", "patches / s", "vs seed", "vs 1 worker",
+                       "batch of 28 ms", "loadavg"):
             table.add_column(column, justify="left" if column in ("method", "compute") else "right")
         seed_rate = rows[mode, quota][0][2] / rows[mode, quota][0][3]
         one_worker = next((r[2] / r[3] for r in rows[mode, quota][1:] if r[1].startswith("1 ")), None)
-        for method, compute, n, seconds in rows[mode, quota]:
+        for method, compute, n, seconds, batch_ms, load in rows[mode, quota]:
             rate = n / seconds
             scaling = f"{rate / one_worker:.2f}x" if one_worker and method.startswith("polarxr") else ""
-            table.add_row(method, compute, str(n), f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / seed_rate:.1f}x", scaling)
+            table.add_row(method, compute, str(n), f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / seed_rate:.1f}x", scaling,
+                          "" if batch_ms is None else f"{batch_ms:.1f}", f"{load:.1f}")
         console.print(table)
     console.print(f"loadavg (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())} (a shared machine)")
     if args.workdir is None:

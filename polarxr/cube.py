@@ -518,8 +518,9 @@ class CubeBuild:
         commits = build_graph(graphs, str(self.cube_path), committed, pending, records, SHARD)
         summaries = [g.summary for g in graphs]
         names = [g.info.name for g in graphs]
-        if on_progress:
+        if on_progress:  # every scene is sampled and written in the same graph
             on_progress(names[0], "sampling")
+            on_progress(names[0], "writing")
         client = _active_client()
         if client is not None:
             futures = submit_together(client, [*commits, *summaries])

@@ -263,19 +263,50 @@ class SceneGraph:
     upper_bound: int
 
 
-def _window_blocks(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: int) -> dict:
+def assemble(parts: list[np.ndarray], places: list[tuple], shape: tuple[int, ...]) -> np.ndarray:
+    """One window from pieces of chunks: ``places`` are ``(window rows, window cols, chunk rows, chunk
+    cols)`` slices per part."""
+    out = np.empty(shape, dtype=parts[0].dtype)
+    for part, (wy, wx, cy, cx) in zip(parts, places):
+        out[..., wy, wx] = part[..., cy, cx]
+    return out
+
+
+def _window_blocks(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: int, name: str) -> dict:
     """Per chunk of ``core`` (row-major), the delayed ``array[..., window]`` extended by ``depth`` px
-    below and to the right (slices of the array's own chunk tasks)."""
+    below and to the right, assembled from the array's own chunk tasks: each chunk is computed (read,
+    rasterized) once and lent to its neighbours, never re-read for their margins (dask would otherwise fuse
+    each slice into a read of its own)."""
+    if array.ndim == 3 and len(array.chunks[0]) > 1:
+        array = array.rechunk({0: -1})
+    chunks = array.to_delayed()
+    chunks = chunks.reshape(chunks.shape[-2:])
+    lead = array.shape[:-2]
     height, width = array.shape[-2:]
+    edges = [np.concatenate([[0], np.cumsum(c)]) for c in array.chunks[-2:]]
     y_edges = np.concatenate([[0], np.cumsum(core[0])])
     x_edges = np.concatenate([[0], np.cumsum(core[1])])
     out = {}
     for i in range(len(core[0])):
         for j in range(len(core[1])):
-            window = (slice(int(y_edges[i]), min(height, int(y_edges[i + 1]) + depth)),
-                      slice(int(x_edges[j]), min(width, int(x_edges[j + 1]) + depth)))
-            region = array[(Ellipsis, *window)]
-            out[i, j] = region.rechunk(region.shape).to_delayed().ravel()[0]
+            y0, y1 = int(y_edges[i]), min(height, int(y_edges[i + 1]) + depth)
+            x0, x1 = int(x_edges[j]), min(width, int(x_edges[j + 1]) + depth)
+            parts, places = [], []
+            for ci in range(len(edges[0]) - 1):
+                cy0, cy1 = int(edges[0][ci]), int(edges[0][ci + 1])
+                if cy1 <= y0 or cy0 >= y1:
+                    continue
+                for cj in range(len(edges[1]) - 1):
+                    cx0, cx1 = int(edges[1][cj]), int(edges[1][cj + 1])
+                    if cx1 <= x0 or cx0 >= x1:
+                        continue
+                    ly0, ly1, lx0, lx1 = max(y0, cy0), min(y1, cy1), max(x0, cx0), min(x1, cx1)
+                    parts.append(chunks[ci, cj])
+                    places.append((slice(ly0 - y0, ly1 - y0), slice(lx0 - x0, lx1 - x0),
+                                   slice(ly0 - cy0, ly1 - cy0), slice(lx0 - cx0, lx1 - cx0)))
+            out[i, j] = dask.delayed(assemble, pure=True)(parts, places, (*lead, y1 - y0, x1 - x0),
+                                                          dask_key_name=f"cube-{name}-window-{i}-{j}-"
+                                                                        f"{dask.base.tokenize(array.name)}")
     return out
 
 
@@ -291,8 +322,8 @@ def scene_graph(scene, raster, config: SamplerConfig, info: SceneInfo) -> SceneG
     salt = scene_salt(config.seed, info.name)
     nodata = scene.rio.nodata
     shape = tuple(int(s) for s in raster.shape)
-    windows = _window_blocks(scene.data, core, depth)
-    labels = _window_blocks(raster.data, core, depth)
+    windows = _window_blocks(scene.data, core, depth, "scene")
+    labels = _window_blocks(raster.data, core, depth, "chart")
     y_edges = np.concatenate([[0], np.cumsum(core[0])])
     x_edges = np.concatenate([[0], np.cumsum(core[1])])
     blocks = []

@@ -192,22 +192,49 @@ def block_candidates(
         eligible &= _window_sums(_integral(code == _NODATA_CODE), rows, cols, size) <= config.max_nodata_px
     if config.min_labelled_px > 0:
         eligible &= _window_sums(_integral(code < N_CLASSES), rows, cols, size) >= config.min_labelled_px
+    if config.mode == "random":
+        return _random_candidates(np.where(eligible, centre, np.uint8(255)), rows.start + y0, cols.start + x0,
+                                  scene_shape[1], salt, config.samples_per_label)
     r_idx, c_idx = np.nonzero(eligible)
     labels = centre[r_idx, c_idx]
     g_rows = (r_idx * stride + rows.start + y0).astype(np.int32)
     g_cols = (c_idx * stride + cols.start + x0).astype(np.int32)
     counts = np.bincount(labels, minlength=N_CLASSES)[:N_CLASSES].astype(np.int64)
-    if config.mode == "grid":
-        return dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
-    keys = position_keys(g_rows, g_cols, scene_shape[1], salt)
+    return dict(empty, counts=counts, row=g_rows, col=g_cols, label=labels)
+
+
+def _random_candidates(labels: np.ndarray, row0: int, col0: int, width: int, salt: int, quota: int) -> dict:
+    """Random mode's candidates of a chunk: per class the ``quota`` smallest keys among the eligible
+    positions, ``labels`` (class, 255 = not eligible) on the chunk's every position from ``(row0, col0)``.
+
+    Keys are computed for the whole lattice at once; since they are uniform (splitmix64 is a bijection,
+    so no two positions share one), a class with many positions is first cut to those below 3x the
+    expected quantile of its ``quota``-th key (all of them again in the rare case that leaves too few),
+    so the exact selection sorts only a few candidates."""
+    n_cols = labels.shape[1]
+    counts = np.bincount(labels.reshape(-1), minlength=256)[:N_CLASSES].astype(np.int64)
+    keys = position_keys(np.arange(row0, row0 + labels.shape[0])[:, None],
+                         np.arange(col0, col0 + n_cols)[None, :], width, salt).reshape(-1)
+    flat = labels.reshape(-1)
     keep = []
     for k in range(N_CLASSES):
-        members = np.flatnonzero(labels == k)
-        if len(members) > config.samples_per_label:
-            members = members[np.argpartition(keys[members], config.samples_per_label - 1)[: config.samples_per_label]]
-        keep.append(members)
-    keep = np.sort(np.concatenate(keep))
-    return dict(counts=counts, row=g_rows[keep], col=g_cols[keep], label=labels[keep], key=keys[keep])
+        n = int(counts[k])
+        if n == 0:
+            continue
+        if n <= quota:
+            keep.append(np.flatnonzero(flat == k))
+            continue
+        fraction = 3.0 * quota / n + 1e-6
+        members = None
+        if fraction < 1.0:
+            members = np.flatnonzero((flat == k) & (keys < np.uint64(int(fraction * 2.0**64))))
+        if members is None or len(members) < quota:
+            members = np.flatnonzero(flat == k)
+        keep.append(members[np.argpartition(keys[members], quota - 1)[:quota]])
+    keep = np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+    rows, cols = np.divmod(keep, n_cols)
+    return {"counts": counts, "row": (rows + row0).astype(np.int32), "col": (cols + col0).astype(np.int32),
+            "label": flat[keep], "key": keys[keep]}
 
 
 def smallest_keys(labels: np.ndarray, keys: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -291,7 +291,11 @@ def valid_pixels(values: np.ndarray, nodata: float | None, band_axis: int = 0) -
     **every** band is missing, so the finite band of a half-calibrated pixel is kept.
     """
     floating = np.issubdtype(values.dtype, np.floating)
-    missing = ~np.isfinite(values) if floating else np.zeros(values.shape, bool)
+    if not floating:  # integers are always finite: one comparison (the same mask, without the temporaries)
+        if nodata is None or np.isnan(nodata):
+            return np.ones(tuple(np.delete(np.array(values.shape), band_axis)), bool)
+        return (values != nodata).all(axis=band_axis)
+    missing = ~np.isfinite(values)
     if nodata is not None and not np.isnan(nodata):
         missing |= values == nodata
     return ~(missing.all(axis=band_axis) if floating else missing.any(axis=band_axis))

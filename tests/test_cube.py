@@ -426,19 +426,21 @@ KILLER = textwrap.dedent("""
     committed = []
 
     class KillMidWrite(Callback):
-        # SIGKILL this process once a patch store task of the second scene has finished
+        # all scenes are one graph: SIGKILL this process once the first scene is committed and a shard of
+        # a later scene was written, or at the latest when the second commit is about to run
         def _posttask(self, key, result, dsk, state, worker_id):
-            name = key[0] if isinstance(key, tuple) else key
-            if committed and str(name).startswith("store-map"):
+            name = str(key[0] if isinstance(key, tuple) else key)
+            if name.startswith("cube-commit-0-"):
+                committed.append(name)
+            elif committed and name.startswith(("cube-write-", "cube-seam-")):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    def on_progress(name, stage):
-        if stage == "done":
-            committed.append(name)
+        def _pretask(self, key, dsk, state):
+            if str(key).startswith("cube-commit-1-"):
+                os.kill(os.getpid(), signal.SIGKILL)
 
     with dask.config.set(scheduler="threads", num_workers=1), KillMidWrite():
-        build_cube(pairs, sys.argv[1], SamplerConfig(patch_size=16, samples_per_label=100), chunks=128,
-                   on_progress=on_progress)
+        build_cube(pairs, sys.argv[1], SamplerConfig(patch_size=16, samples_per_label=100), chunks=128)
 """)
 
 
