@@ -68,11 +68,31 @@ _FIELDS = ("row", "col", "label", "key", "block", "image", "labels")
 
 def merge_candidates(parts: list[dict], quota: int) -> dict:
     """Candidates of several chunks: per class the ``quota`` smallest keys, in (block, row, col) order."""
-    merged = {name: np.concatenate([p[name] for p in parts]) for name in _FIELDS}
-    merged["counts"] = np.sum([p["counts"] for p in parts], axis=0)
+    small = ("row", "col", "label", "key", "block")
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in small}
+    counts = np.sum([p["counts"] for p in parts], axis=0)
     keep = smallest_keys(merged["label"], merged["key"], merged["row"], merged["col"], quota)
     order = keep[np.lexsort((merged["col"][keep], merged["row"][keep], merged["block"][keep]))]
-    return {**{name: merged[name][order] for name in _FIELDS}, "counts": merged["counts"]}
+    out = {name: merged[name][order] for name in small}
+    out.update(_gather_patches(parts, order))
+    out["counts"] = counts
+    return out
+
+
+def _gather_patches(parts: list[dict], order: np.ndarray) -> dict:
+    """``image`` and ``labels`` of the concatenated parts at ``order``, copying only those patches."""
+    ends = np.cumsum([len(p["row"]) for p in parts])
+    which = np.searchsorted(ends, order, side="right")
+    local = order - np.concatenate([[0], ends[:-1]])[which]
+    out = {}
+    for name in ("image", "labels"):
+        template = parts[0][name]
+        values = np.empty((len(order), *template.shape[1:]), dtype=template.dtype)
+        for p in np.unique(which):
+            at = which == p
+            values[at] = parts[p][name][local[at]]
+        out[name] = values
+    return out
 
 
 def _draw_summary(eligible: np.ndarray, requested: dict | None, accepted: np.ndarray, tries: int | None,

@@ -112,10 +112,14 @@ def scene_salt(seed: int, scene_name: str) -> int:
 
 def position_keys(rows: np.ndarray, cols: np.ndarray, width: int, salt: int) -> np.ndarray:
     """Pseudo-random uint64 keys of pixel positions (splitmix64 of the linear index plus ``salt``)."""
-    z = rows.astype(np.uint64) * np.uint64(width) + cols.astype(np.uint64) + np.uint64(salt)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    z = rows.astype(np.uint64) * np.uint64(width) + cols.astype(np.uint64)
+    z += np.uint64(salt)
+    # in place: the same values as the plain expressions, without a temporary per operation
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        z ^= z >> np.uint64(shift)
+        z *= np.uint64(factor)
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def check_patch_fits(config: SamplerConfig, shape: tuple[int, int], chunks: tuple[tuple[int, ...], ...],
