@@ -45,21 +45,28 @@ MERGE_FAN_IN = 8
 
 
 # ------------------------------------------------------------------------------------------- tasks
-def block_task(window: np.ndarray, raster: np.ndarray, *, block: int, origin: tuple[int, int],
-               core: tuple[int, int], scene_shape: tuple[int, int], config: SamplerConfig, salt: int,
-               nodata: float | None) -> dict:
-    """One chunk: its candidates and their patches (``image``, ``labels``), grid mode with ``stats``."""
-    valid = valid_pixels(window, nodata)
-    code = np.where(valid, raster, _NODATA_CODE).astype(np.uint8)
+def block_task(window_parts: list[np.ndarray], chart_parts: list[np.ndarray], places: list[tuple],
+               shape: tuple[int, ...], *, block: int, origin: tuple[int, int], core: tuple[int, int],
+               scene_shape: tuple[int, int], config: SamplerConfig, salt: int, nodata: float | None) -> dict:
+    """One chunk: its candidates and their patches (``image``, ``labels``), grid mode with ``stats``.
+
+    The window (the chunk and its margin) is assembled from ``window_parts`` / ``chart_parts``: the
+    chunk itself and the margins sliced off its neighbours where they were read (:func:`_window_parts`)."""
+    window = assemble(window_parts, places, shape)
+    raster = assemble(chart_parts, places, shape[-2:])
+    code = np.where(valid_pixels(window, nodata), raster, _NODATA_CODE).astype(np.uint8)
+    del raster
     found = block_candidates(code, origin, core, scene_shape, config, salt)
-    del code
     size = config.patch_size
     rows, cols = found["row"] - origin[0], found["col"] - origin[1]
     found["image"] = cut_windows(window, rows, cols, size)
-    found["labels"] = cut_windows(np.where(valid, raster, np.uint8(NO_LABEL)).astype(np.uint8), rows, cols, size)
+    labels = cut_windows(code, rows, cols, size)
+    valid = labels != _NODATA_CODE  # the code is 254 exactly where the scene has no data
+    labels[~valid] = NO_LABEL
+    found["labels"] = labels
     found["block"] = np.full(len(rows), block, np.int32)
     if config.mode == "grid":
-        found["stats"] = [patch_stats(found["image"], found["labels"], nodata)] if len(rows) else []
+        found["stats"] = [patch_stats(found["image"], labels, nodata, valid=valid)] if len(rows) else []
     return found
 
 
@@ -292,11 +299,16 @@ def assemble(parts: list[np.ndarray], places: list[tuple], shape: tuple[int, ...
     return out
 
 
-def _window_blocks(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: int, name: str) -> dict:
-    """Per chunk of ``core`` (row-major), the delayed ``array[..., window]`` extended by ``depth`` px
-    below and to the right, assembled from the array's own chunk tasks: each chunk is computed (read,
-    rasterized) once and lent to its neighbours, never re-read for their margins (dask would otherwise fuse
-    each slice into a read of its own)."""
+def _margin(chunk: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    return np.ascontiguousarray(chunk[..., rows, cols])
+
+
+def _window_parts(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: int) -> dict:
+    """Per chunk of ``core`` (row-major): ``(parts, places, shape)`` of its window extended by ``depth`` px
+    below and to the right. Parts are the array's own chunk tasks (the whole chunk) or slices of them
+    taken where the chunk lives (a neighbour's margin), so each chunk is computed (read, rasterized)
+    once and only margins travel between workers; dask would otherwise fuse each slice into a read of
+    its own."""
     if array.ndim == 3 and len(array.chunks[0]) > 1:
         array = array.rechunk({0: -1})
     chunks = array.to_delayed()
@@ -321,12 +333,13 @@ def _window_blocks(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: 
                     if cx1 <= x0 or cx0 >= x1:
                         continue
                     ly0, ly1, lx0, lx1 = max(y0, cy0), min(y1, cy1), max(x0, cx0), min(x1, cx1)
-                    parts.append(chunks[ci, cj])
+                    rows, cols = slice(ly0 - cy0, ly1 - cy0), slice(lx0 - cx0, lx1 - cx0)
+                    whole = (ly0, ly1, lx0, lx1) == (cy0, cy1, cx0, cx1)
+                    parts.append(chunks[ci, cj] if whole else dask.delayed(_margin, pure=True)(chunks[ci, cj], rows, cols))
                     places.append((slice(ly0 - y0, ly1 - y0), slice(lx0 - x0, lx1 - x0),
-                                   slice(ly0 - cy0, ly1 - cy0), slice(lx0 - cx0, lx1 - cx0)))
-            out[i, j] = dask.delayed(assemble, pure=True)(parts, places, (*lead, y1 - y0, x1 - x0),
-                                                          dask_key_name=f"cube-{name}-window-{i}-{j}-"
-                                                                        f"{dask.base.tokenize(array.name)}")
+                                   slice(None) if whole else slice(0, ly1 - ly0),
+                                   slice(None) if whole else slice(0, lx1 - lx0)))
+            out[i, j] = parts, places, (*lead, y1 - y0, x1 - x0)
     return out
 
 
@@ -342,14 +355,15 @@ def scene_graph(scene, raster, config: SamplerConfig, info: SceneInfo) -> SceneG
     salt = scene_salt(config.seed, info.name)
     nodata = scene.rio.nodata
     shape = tuple(int(s) for s in raster.shape)
-    windows = _window_blocks(scene.data, core, depth, "scene")
-    labels = _window_blocks(raster.data, core, depth, "chart")
+    windows = _window_parts(scene.data, core, depth)
+    labels = _window_parts(raster.data, core, depth)
     y_edges = np.concatenate([[0], np.cumsum(core[0])])
     x_edges = np.concatenate([[0], np.cumsum(core[1])])
     blocks = []
     for b, (i, j) in enumerate(windows):
+        (scene_parts, places, window_shape), (chart_parts, _, _) = windows[i, j], labels[i, j]
         blocks.append(dask.delayed(block_task, pure=True)(
-            windows[i, j], labels[i, j], block=b, origin=(int(y_edges[i]), int(x_edges[j])),
+            scene_parts, chart_parts, places, window_shape, block=b, origin=(int(y_edges[i]), int(x_edges[j])),
             core=(int(core[0][i]), int(core[1][j])), scene_shape=shape, config=config, salt=salt, nodata=nodata,
             dask_key_name=f"cube-block-{info.name}-{b}-{dask.base.tokenize(config, where)}"))
     token = dask.base.tokenize(config, where, "draw")

@@ -86,13 +86,14 @@ def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
     return np.ascontiguousarray(np.moveaxis(windows[..., rows, cols, :, :], -3, 0))
 
 
-def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None) -> dict:
+def patch_stats(image: np.ndarray, label: np.ndarray, nodata: float | None, valid: np.ndarray | None = None) -> dict:
     """Per-band count, mean and M2 (sum of squared deviations) over valid pixels, and label pixel counts.
 
     A pixel is valid by :func:`polarxr.scenes.valid_pixels` (8-bit: no band ``nodata``; float: a band finite);
-    non-finite values (NaN, ±inf) of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``.
+    non-finite values (NaN, ±inf) of a valid pixel are left out of their band. ``image (n, band, y, x)``, ``label (n, y, x)``;
+    ``valid (n, y, x)``: that rule's mask when the caller has it already.
     """
-    valid_pixel = valid_pixels(image, nodata, band_axis=1)
+    valid_pixel = valid_pixels(image, nodata, band_axis=1) if valid is None else valid
     if image.dtype == np.uint8:
         return _patch_stats_uint8(image, label, valid_pixel)
     values = image.astype(np.float64)
