@@ -30,18 +30,24 @@ patches per chunk with LZ4 write 6.9x faster than one patch per chunk with zstd-
 of 28 patches as fast; zstd-1/3 save 1-2 % of space for a 1.5x slower write. The per-patch vectors are
 chunks of 65536.
 
-Building: for each scene, patches are chosen (:mod:`polarxr.samplers`) and cut (:mod:`polarxr.patches`)
-chunk-wise on the active dask scheduler (a ``distributed`` client when one is set up: workers write
-their patches into the store themselves, so every worker must see the cube's path). Writes are aligned to
-shards, so no two tasks ever write the same file.
+Building: all scenes of a run are one dask graph (:mod:`polarxr.cubegraph`) on the active scheduler (a
+``distributed`` client when one is set up: workers write their patches into the store themselves, so every
+worker must see the cube's path). Each chunk of a scene is read and its chart rasterized once; the task of
+each chunk finds its eligible positions (:mod:`polarxr.samplers`) and cuts their patches from the chunk and
+its neighbours' margins. Grid chunks are written as soon as the counts before them are known (an offset
+chain); random mode merges its candidates in a tree and draws per scene. Each task writes only the whole
+shards inside its range (:class:`polarxr.shards.ShardWriter`, the bytes zarr writes); a chain of seam
+tasks writes the shards shared between neighbouring chunks and scenes, one after another, so no two tasks
+ever write the same file at once. Scenes do not wait for each other: small scenes keep workers busy.
 
-Appending and interruptions: scenes are appended one at a time. A scene's patches are written first
-(arrays grown beyond the committed count), and the scene is **committed** last by one atomic rewrite of
-the group's ``zarr.json`` (``n_patches`` and ``scene_records``). Readers use only the first ``n_patches``
-patches; a writer first truncates anything beyond them (the remains of an interrupted run). So a build
-killed at any moment leaves a cube that opens with only complete scenes, and re-running it appends the
-rest, giving the same cube as an uninterrupted build. A scene already in the cube (by name) is skipped,
-or with ``overwrite=True`` removed and appended again.
+Appending and interruptions: a run's scenes are appended in order. Their patches are written first
+(arrays grown beyond the committed count), and each scene is **committed** by a task of the graph, in
+order and only once its last shard is written, by one atomic rewrite of the group's ``zarr.json``
+(``n_patches`` and ``scene_records``) after its per-patch vectors. Readers use only the first
+``n_patches`` patches; a writer first truncates anything beyond them (the remains of an interrupted run).
+So a build killed at any moment leaves a cube that opens with only complete scenes, and re-running it
+appends the rest, giving the same cube as an uninterrupted build. A scene already in the cube (by name)
+is skipped, or with ``overwrite=True`` removed and appended again.
 
 One writer at a time: a writer holds the cube's lock (:func:`writer_lock`, a ``filelock`` beside the
 cube named ``.<cube>.lock``) for its whole lifetime; a second writer waits for it, with a message, then

@@ -377,6 +377,51 @@ def test_dataset_normalises_and_works_with_two_loader_workers(synthetic, tmp_pat
         PatchDataset(cube, split="holdout")
 
 
+# ------------------------------------------------------------------------------ shards and statistics
+@pytest.mark.parametrize("dtype, fill", [("uint8", 0), ("float32", float("nan"))])
+def test_shard_writer_writes_the_bytes_zarr_writes(tmp_path, dtype, fill):
+    """The cube's own shard writer gives the same files as zarr's write (so any zarr reader reads them),
+    an all-fill inner chunk left out and a short last shard padded with the fill value, as zarr does."""
+    from zarr.codecs import BloscCodec
+
+    from polarxr.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2, 30, size=(600, 3, 16, 16)).clip(1, 255).astype(dtype)
+    data[8:16] = fill
+    kw = dict(shape=data.shape, dtype=dtype, fill_value=fill, chunks=(8, 3, 16, 16), shards=(256, 3, 16, 16),
+              compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"))
+    zarr.create_array(tmp_path / "zarr", **kw)[:] = data
+    zarr.create_array(tmp_path / "ours", **kw)
+    writer = ShardWriter(tmp_path / "ours")
+    for shard in range(3):
+        writer.write(shard, data[shard * 256:(shard + 1) * 256])
+    for shard in range(3):
+        assert (tmp_path / "ours" / "c" / str(shard) / "0/0/0").read_bytes() == \
+            (tmp_path / "zarr" / "c" / str(shard) / "0/0/0").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ours")[:], data)
+    assert not list((tmp_path / "ours" / "c").rglob(".*"))  # no temporaries left
+
+
+def test_8bit_patch_statistics_equal_the_float_computation():
+    from polarxr.patches import LABEL_CODES, patch_stats
+    from polarxr.scenes import valid_pixels
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(300, 3, 16, 16), dtype=np.uint8)
+    image[:, :, :5] = 0
+    label = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(300, 16, 16))
+    values, valid = image.astype(np.float64), valid_pixels(image, 0, band_axis=1)
+    expected = {"count": [], "mean": [], "m2": [],
+                "pixels": {str(c): int((label == c).sum()) for c in LABEL_CODES}}
+    for band in range(3):
+        v = values[:, band][valid]
+        expected["count"].append(v.size)
+        expected["mean"].append(float(v.mean()))
+        expected["m2"].append(float(((v - v.mean()) ** 2).sum()))
+    assert patch_stats(image, label, 0) == expected  # bit for bit
+
+
 # ------------------------------------------- on a real distributed cluster (kept last: it stays the default)
 @pytest.fixture(scope="module")
 def client():
