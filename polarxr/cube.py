@@ -67,6 +67,7 @@ import contextlib
 import logging
 import math
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +529,9 @@ class CubeBuild:
             on_progress(names[0], "sampling")
             on_progress(names[0], "writing")
         client = _active_client()
+        # rasterio's rasterize enters warnings.catch_warnings() in the scheduler's threads, which is not
+        # thread-safe and can leave its "ignore" filters installed: the caller's filters are put back below
+        filters = list(warnings.filters)
         if client is not None:
             futures = submit_together(client, [*commits, *summaries])
             try:
@@ -545,6 +549,8 @@ class CubeBuild:
             if on_progress:
                 for name in names:
                     on_progress(name, "done")
+        warnings.filters = filters
+        warnings._filters_mutated()
         CubeWriter.open(self.cube_path)  # the arrays back to the committed patches
         final, summaries = done[len(commits) - 1], done[len(commits):]
         by_name = {r["name"]: r for r in final}
