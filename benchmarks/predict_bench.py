@@ -60,6 +60,32 @@ def ideal_mpx_s(checkpoint: Path, scene_path: Path, tile: int, device: str, repe
     return repeats * image.shape[-2] * image.shape[-1] / (time.perf_counter() - started) / 1e6  # a small scene clips the tile
 
 
+_IDEAL_CHILD = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(int(sys.argv[6]))
+from predict_bench import ideal_mpx_s
+print("@@", ideal_mpx_s(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
+"""
+
+
+def ideal_like_workers(checkpoint: Path, scene_path: Path, tile: int, device: str, threads: int) -> float:
+    """:func:`ideal_mpx_s` in a fresh process with the local workers' environment (their malloc settings,
+    :data:`polarxr.cluster.WORKER_MALLOC`, and ``threads`` torch threads): like with like."""
+    import os
+    import subprocess
+    import sys
+
+    from polarxr.cluster import WORKER_MALLOC
+
+    env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC.items()}}
+    done = subprocess.run([sys.executable, "-c", _IDEAL_CHILD, str(Path(__file__).parent), str(checkpoint),
+                           str(scene_path), str(tile), device, str(threads)], env=env, capture_output=True,
+                          text=True, check=True)
+    return float(done.stdout.rsplit("@@", 1)[1])
+
+
 def run(scene: Path, checkpoint: Path, out: Path, client, chunk: int, tile: int, batch: int, seamless: bool
         ) -> tuple[float, float, float]:
     """Wall seconds, client CPU seconds and workers' CPU seconds of one ``predict_scene`` (COG + Zarr)."""
@@ -116,7 +142,10 @@ def main() -> None:
     from polarxr.predict import DEFAULT_CHUNKS
 
     chunk = args.chunk or DEFAULT_CHUNKS[device]
-    ideal = ideal_mpx_s(checkpoint, scene, args.ideal_tile, device)
+    # the ceiling per worker: the faster of this process (default malloc) and a process set up as the workers
+    ideal_here = ideal_mpx_s(checkpoint, scene, args.ideal_tile, device)
+    ideal_workers_env = ideal_like_workers(checkpoint, scene, args.ideal_tile, device, args.threads)
+    ideal = max(ideal_here, ideal_workers_env)
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     device_name += f", {args.threads} thread(s) per worker, tile {args.tile or 'default'}"
 
@@ -158,7 +187,8 @@ def main() -> None:
     console.print(f"loadavg (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
                   f"(a shared machine: compare ratios within this run)")
     console.print(f"ideal single-process whole-tile run ({args.ideal_tile} x {args.ideal_tile}, in memory, no halo, "
-                  f"{args.threads} thread(s)): {ideal:.2f} Mpx/s on {device}")
+                  f"{args.threads} thread(s)): {ideal:.2f} Mpx/s on {device} (the faster of {ideal_here:.2f} in this "
+                  f"process and {ideal_workers_env:.2f} in one with the workers' malloc settings)")
     counts = sorted(set(args.workers))
     if len(counts) < 2:
         console.print("identical across worker counts: not checked (give two different --workers counts)")

@@ -96,12 +96,40 @@ def _geometry(model: torch.nn.Module, meta: dict) -> tuple[int, int]:
     return int(model.halo), int(model.pad_multiple)  # the U-Net's halo is already a multiple
 
 
+#: Scene dtypes normalised in place by :func:`normalise` (others go through :func:`polarxr.patches.normalise`).
+_FAST_NORMALISE = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
+
+
 def normalise(block: np.ndarray, meta: dict, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Scale ``(band, y, x)`` with the checkpoint's per-band mean/std exactly as training did.
 
     Returns ``(float32 image, valid mask (y, x))``; pixels without data are 0.
     """
-    return normalise_patch(block, meta["norm"]["mean"], meta["norm"]["std"], nodata)
+    if block.dtype not in _FAST_NORMALISE:
+        return normalise_patch(block, meta["norm"]["mean"], meta["norm"]["std"], nodata)
+    # the same float32 operations as polarxr.patches.normalise, in place (one float32 array, no temporaries):
+    # identical values in about a third of the time on a 2048 px block
+    from polarxr.scenes import valid_pixels
+
+    mean = np.asarray(meta["norm"]["mean"], np.float32).reshape(-1, 1, 1)
+    std = np.asarray(meta["norm"]["std"], np.float32).reshape(-1, 1, 1)
+    valid = valid_pixels(block, nodata)
+    image = np.empty(block.shape, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.subtract(block, mean, out=image, dtype=np.float32)
+        np.divide(image, std, out=image)
+        if block.dtype.kind == "f":
+            may_overflow = True
+        else:  # (v - mean) / std is monotonic in v: finite at the dtype's extremes means finite everywhere
+            info = np.iinfo(block.dtype)
+            ends = (np.array([info.min, info.max], np.float32) - mean.reshape(-1, 1)) / std.reshape(-1, 1)
+            may_overflow = not np.isfinite(ends).all()
+    invalid = ~valid
+    if invalid.any():
+        np.copyto(image, 0.0, where=invalid[None])
+    if may_overflow:
+        image[~np.isfinite(image)] = 0.0
+    return image, valid
 
 
 def _pad_end(image: np.ndarray, multiple: int) -> np.ndarray:
@@ -139,16 +167,27 @@ def _device_encode(probs: torch.Tensor) -> torch.Tensor:
     return torch.cat([classes, scaled], dim=1)
 
 
+def _logits(model: torch.nn.Module, tensor: torch.Tensor, crop: tuple[slice, slice] | None) -> torch.Tensor:
+    if crop is None:
+        return model(tensor)
+    if hasattr(model, "forward_crop"):  # full-resolution stages over the crop only (UNet.forward_crop)
+        return model.forward_crop(tensor, *crop)
+    return model(tensor)[..., crop[0], crop[1]]
+
+
 @torch.inference_mode()
-def _forward(model: torch.nn.Module, batch: np.ndarray, device: str, encode: bool = False) -> np.ndarray:
+def _forward(model: torch.nn.Module, batch: np.ndarray, device: str, encode: bool = False,
+             crop: tuple[slice, slice] | None = None) -> np.ndarray:
     """Softmax probabilities ``(n, class, y, x)`` float32 of a batch ``(n, band, y, x)``; with ``encode``, the
-    uint8 encoding of :func:`_device_encode`, computed on the device so that only uint8 comes back."""
+    uint8 encoding of :func:`_device_encode`, computed on the device so that only uint8 comes back.
+    ``crop`` (rows, cols): only that window of the output, computed (and encoded) only there where the model
+    allows (:meth:`polarxr.models.unet.UNet.forward_crop`)."""
     tensor = _to_device(batch, device)
     if device.startswith("cuda"):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(tensor)
+            logits = _logits(model, tensor, crop)
     else:
-        logits = model(tensor)
+        logits = _logits(model, tensor, crop)
     if not encode or device.startswith("cuda"):
         probs = torch.softmax(logits.float(), dim=1)
         return (_device_encode(probs) if encode else probs).cpu().numpy()
@@ -197,15 +236,17 @@ def _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size,
             wy0, wx0 = max(0, ty - halo), max(0, tx - halo)
             wy1, wx1 = min(height, ey + halo), min(width, ex + halo)
             window = _pad_end(image[:, wy0:wy1, wx0:wx1], multiple)
-            crop = (slice(ty - wy0, ey - wy0), slice(tx - wx0, ex - wx0))
-            jobs.setdefault(window.shape, []).append((window, crop, (ty - cy0, ey - cy0, tx - cx0, ex - cx0)))
-    out = np.zeros((N_CLASSES + encode, cy1 - cy0, cx1 - cx0), dtype=np.uint8 if encode else np.float32)
-    for group in jobs.values():
+            crop = (ty - wy0, ey - wy0, tx - wx0, ex - wx0)
+            # windows of one shape and crop go through together; only the crop is upsampled and encoded
+            jobs.setdefault((window.shape, crop), []).append((window, (ty - cy0, ey - cy0, tx - cx0, ex - cx0)))
+    out = np.empty((N_CLASSES + encode, cy1 - cy0, cx1 - cx0), dtype=np.uint8 if encode else np.float32)
+    for (_, (y0, y1, x0, x1)), group in jobs.items():
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
-            probs = _forward(model, np.stack([window for window, _, _ in chunk]), device, encode)
-            for p, (_, crop, (oy0, oy1, ox0, ox1)) in zip(probs, chunk):
-                out[:, oy0:oy1, ox0:ox1] = p[:, crop[0], crop[1]]
+            batch = chunk[0][0][None] if len(chunk) == 1 else np.stack([window for window, _ in chunk])
+            probs = _forward(model, batch, device, encode, crop=(slice(y0, y1), slice(x0, x1)))
+            for p, (_, (oy0, oy1, ox0, ox1)) in zip(probs, chunk):
+                out[:, oy0:oy1, ox0:ox1] = p
     return out
 
 
@@ -251,11 +292,13 @@ def _probabilities_block(
         tile = max(multiple, tile // multiple * multiple)
         core = ((top, top + core_h), (left, left + core_w))
         probs = _segment_tiles(model, image, core, halo, multiple, tile, device, batch_size, encode)
-    if encode:
-        probs[0, ~core_valid] = NO_LABEL
-        probs[1:, ~core_valid] = PROBABILITY_FILL
-    else:
-        probs[:, ~core_valid] = 0.0
+    invalid = ~core_valid
+    if invalid.any():  # masked writes: cheaper than boolean indexing, and skipped for blocks full of data
+        if encode:
+            np.copyto(probs[0], NO_LABEL, where=invalid)
+            np.copyto(probs[1:], PROBABILITY_FILL, where=invalid[None])
+        else:
+            np.copyto(probs, 0.0, where=invalid[None])
     return probs
 
 

@@ -107,3 +107,25 @@ def test_blockwise_with_halo_equals_whole_array(chunk, pool, refine):
     assert torch.equal(blocks.argmax(1), whole.argmax(1))
     # with half the halo, block edges show: the halo is what makes the tiling seamless
     assert (short - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("pool,refine", [(1, 0), (4, 0), (4, 4), (2, 4)])
+def test_forward_crop_equals_cropping_the_forward(pool, refine):
+    """UNet.forward_crop upsamples and refines only the crop; the crop's values are those of the whole forward
+    (bit for bit without refinement; the refiner's convolution over a smaller input may round differently)."""
+    net = _unet(depth=3, pool=pool, refine=refine)
+    multiple = net.pad_multiple
+    x = torch.randn(1, 2, 5 * multiple, 4 * multiple, generator=torch.Generator().manual_seed(4))
+    height, width = x.shape[-2:]
+    crops = [(0, height, 0, width), (multiple, 3 * multiple, multiple, 2 * multiple), (3, height - 5, 1, width - 2),
+             (height - 1, height, width - 1, width), (0, 1, 0, 1), (7, 8, 9, 13)]
+    with torch.no_grad():
+        whole = net(x)
+        for y0, y1, x0, x1 in crops:
+            expected = whole[..., y0:y1, x0:x1]
+            actual = net.forward_crop(x, slice(y0, y1), slice(x0, x1))
+            assert actual.shape == expected.shape
+            if refine:
+                torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+            else:
+                assert torch.equal(actual, expected), (y0, y1, x0, x1)

@@ -184,3 +184,23 @@ def test_bad_inputs(files, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         predict_scene(scene_path, tmp_path / "missing.pt", tmp_path / "x.tif", client=object())
     assert not (tmp_path / "x.tif").exists()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64"])
+def test_normalise_equals_the_training_normalisation(dtype):
+    """predict's in-place normalisation gives the training's values bit for bit (nodata, NaN, a zero std)."""
+    from polarxr.patches import normalise as training_normalise
+
+    rng = np.random.default_rng(5)
+    block = rng.integers(0, 256, (3, 70, 90)).astype(dtype)
+    block[:, :5] = 0
+    block[1, 20:30] = 0
+    if block.dtype.kind == "f":
+        block[0, 40, 40], block[2, 41, 41] = np.nan, np.inf
+    for norm in (NORM, {"mean": [10.5, 200.0, 3.0], "std": [0.0, 7.1, 1e-30]}, {"mean": [100.0], "std": [30.0]}):
+        for nodata in (0, None, float("nan")):
+            with np.errstate(all="ignore"):
+                image, valid = normalise(block, {"norm": norm}, nodata)
+                expected, expected_valid = training_normalise(block, norm["mean"], norm["std"], nodata)
+            np.testing.assert_array_equal(valid, expected_valid)
+            assert image.dtype == np.float32 and np.array_equal(image.view(np.uint32), expected.view(np.uint32))

@@ -148,6 +148,15 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net input of {height} x {width} px: height and width must be multiples of "
                              f"{self.pad_multiple}; use forward_padded for other sizes")
         full = x
+        logits = self._coarse_logits(x)
+        if self.pool > 1:
+            logits = F.interpolate(logits, scale_factor=self.pool, mode="bilinear", align_corners=False)
+        if self.refiner is not None:
+            logits = logits + self.refiner(torch.cat([full, logits], dim=1))
+        return logits
+
+    def _coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's logits at its own (multi-looked) resolution, before upsampling and refinement."""
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
         skips = []
@@ -158,12 +167,35 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, decoder in zip(self.ups, self.decoders):
             x = decoder(torch.cat([skips.pop(), up(x)], dim=1))
-        logits = self.head(x)
-        if self.pool > 1:
-            logits = F.interpolate(logits, scale_factor=self.pool, mode="bilinear", align_corners=False)
+        return self.head(x)
+
+    def forward_crop(self, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """``forward(x)[..., rows, cols]``, with the full-resolution stages (the bilinear upsampling, the
+        refinement) run only over the crop.
+
+        The multi-looked U-Net runs over all of ``x`` (the crop's context); its logits are cut to the coarse
+        pixels the crop's upsampled values read, plus one on each side, before upsampling. Bilinear weights
+        depend only on a pixel's offset from an aligned coarse grid, so a coarse cut at a whole coarse pixel
+        gives the same values: upsampling and refinement of a tile's halo, which the caller crops away,
+        are never computed (a 2048 px tile with a 224 px halo: 1.49x fewer full-resolution pixels).
+        """
+        height, width = x.shape[-2:]
+        if self.pool == 1:
+            return self(x)[..., rows, cols]
+        margin = 1 if self.refiner is not None else 0  # the refiner's 3x3 convolution reads one pixel around
+        fy0, fy1 = max(0, rows.start - margin), min(height, rows.stop + margin)
+        fx0, fx1 = max(0, cols.start - margin), min(width, cols.stop + margin)
+        coarse = self._coarse_logits(x)
+        p = self.pool
+        # coarse pixels read by full-resolution pixels fy0..fy1-1 (src = (i + 0.5) / p - 0.5 and the next),
+        # one more on each side so that no needed value is clamped at the cut
+        cy0, cy1 = max(0, fy0 // p - 1), min(coarse.shape[-2], (fy1 - 1) // p + 2)
+        cx0, cx1 = max(0, fx0 // p - 1), min(coarse.shape[-1], (fx1 - 1) // p + 2)
+        logits = F.interpolate(coarse[..., cy0:cy1, cx0:cx1], scale_factor=p, mode="bilinear", align_corners=False)
+        logits = logits[..., fy0 - p * cy0:fy1 - p * cy0, fx0 - p * cx0:fx1 - p * cx0]
         if self.refiner is not None:
-            logits = logits + self.refiner(torch.cat([full, logits], dim=1))
-        return logits
+            logits = logits + self.refiner(torch.cat([x[..., fy0:fy1, fx0:fx1], logits], dim=1))
+        return logits[..., rows.start - fy0:rows.stop - fy0, cols.start - fx0:cols.stop - fx0]
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for input of any height/width: zero-padded at the bottom/right to :attr:`pad_multiple`.
