@@ -522,7 +522,7 @@ class CubeBuild:
         committed = writer.committed
         pending = writer.pending()
         writer.reserve(sum(g.upper_bound for g in graphs))  # shrunk to the committed patches at the end
-        commits = build_graph(graphs, str(self.cube_path), committed, pending, records, SHARD)
+        commits = build_graph(graphs, str(self.cube_path), committed, pending, records, SHARD, summary_attrs)
         summaries = [g.summary for g in graphs]
         names = [g.info.name for g in graphs]
         if on_progress:  # every scene is sampled and written in the same graph

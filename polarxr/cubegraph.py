@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,14 +240,15 @@ class SceneInfo:
     config: SamplerConfig
 
 
-def commit_scene(records: list[dict], _seam_done, summary: dict, *, info: SceneInfo, cube: str) -> list[dict]:
+def commit_scene(records: list[dict], _seam_done, summary: dict, *, info: SceneInfo, cube: str,
+                 summarise: Callable[[list[dict]], dict]) -> list[dict]:
     """Write the scene's per-patch vectors, then commit it (idempotent: a rerun after a lost worker finds
-    it committed already). Returns the records with this scene's."""
+    it committed already), with the group attributes ``summarise(records)`` (the cube's own,
+    :func:`polarxr.cube.summary_attrs`). Returns the records with this scene's."""
     import zarr
     from affine import Affine
 
     from polarxr import __version__
-    from polarxr.cube import summary_attrs
 
     size = info.config.patch_size
     start = int(sum(r["count"] for r in records))
@@ -274,7 +276,7 @@ def commit_scene(records: list[dict], _seam_done, summary: dict, *, info: SceneI
               "split": np.full(n, info.split_code, np.uint8)}
     for name, value in values.items():
         root[name][start:start + n] = value
-    root.update_attributes({**summary_attrs(records), "version": __version__})
+    root.update_attributes({**summarise(records), "version": __version__})
     return records
 
 
@@ -393,8 +395,9 @@ def scene_graph(scene, raster, config: SamplerConfig, info: SceneInfo) -> SceneG
 
 
 def build_graph(scenes: list[SceneGraph], cube: str, committed: int, pending: tuple, records: list[dict],
-                shard: int) -> list:
-    """The write, seam and commit chains over every scene's producers: one delayed commit per scene."""
+                shard: int, summarise: Callable[[list[dict]], dict]) -> list:
+    """The write, seam and commit chains over every scene's producers: one delayed commit per scene;
+    ``summarise(records)`` gives the group attributes each commit writes."""
     offset = committed
     state = pending
     commits = []
@@ -409,7 +412,7 @@ def build_graph(scenes: list[SceneGraph], cube: str, committed: int, pending: tu
             offset = dask.delayed(operator.add, pure=True)(offset, dask.delayed(count, pure=True)(meta))
         previous = commits[-1] if commits else records
         commits.append(dask.delayed(commit_scene, pure=True)(
-            previous, state, scene.summary, info=scene.info, cube=cube,
+            previous, state, scene.summary, info=scene.info, cube=cube, summarise=summarise,
             dask_key_name=f"cube-commit-{k}-{scene.info.name}-{token}"))
     return commits
 

@@ -194,6 +194,25 @@ def _commit_remote(tmp: str, path: str) -> None:
     fs.invalidate_cache()
 
 
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to the local file ``path`` through a temporary file in the same folder (created with
+    ``mode``, else the default permissions of ``mkstemp``: 0600), renamed onto ``path``: a reader sees the
+    old file or the whole new one, never a part."""
+    import tempfile
+
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        if mode is not None:
+            os.fchmod(handle, mode)
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: Target) -> Iterator[Target]:
     """Yield a temporary sibling of ``path``; on success move it onto ``path``, on failure remove it.

@@ -18,11 +18,11 @@ object store) raises ``ValueError``: use zarr's own write there.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from polarxr.io import write_bytes_atomic
 
 _MISSING = np.uint64(2**64 - 1)
 
@@ -115,11 +115,4 @@ class ShardWriter:
             target.unlink(missing_ok=True)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                f.write(encoded)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, encoded)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from polarxr.errors import ClusterError
+from polarxr.io import write_bytes_atomic
 
 CA_FILE = "ca.pem"
 CERT_FILE = "cert.pem"
@@ -119,9 +118,9 @@ def make_certificates(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     files = TLSFiles(out / CA_FILE, out / CERT_FILE, out / KEY_FILE)
-    _write_atomic(files.key, key_bytes, mode=0o600)
-    _write_atomic(files.cert, node_cert.public_bytes(pem), mode=0o644)
-    _write_atomic(files.ca, ca_cert.public_bytes(pem), mode=0o644)
+    write_bytes_atomic(files.key, key_bytes, mode=0o600)
+    write_bytes_atomic(files.cert, node_cert.public_bytes(pem), mode=0o644)
+    write_bytes_atomic(files.ca, ca_cert.public_bytes(pem), mode=0o644)
     return files
 
 
@@ -133,16 +132,3 @@ def _general_name(host: str):
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, created with ``mode``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
