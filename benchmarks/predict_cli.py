@@ -8,6 +8,12 @@ count runs the installed CLI (``polarxr predict ... --workers N``) in a child pr
 own CPU seconds (the client: planning, progress, commit) and its reaped children's (the local cluster's
 worker processes), the largest worker's peak RSS, and the wall time from start to exit (start-up of the
 cluster, reading, segmenting, COG + Zarr written, quicklook). Efficiency is ``Mpx/s / (workers x ideal)``.
+
+With ``--own-scheduler`` each worker count runs a second time against a cluster started as a deployment
+runs one: ``dask scheduler`` and ``dask worker --nworkers N --nthreads 1`` as their own processes (with the
+local cluster's malloc settings), the CLI connected by ``--scheduler``. The client's CPU is then the
+CLI process alone, the scheduler's is reported beside it; with the local cluster (the default row) the
+scheduler and the nannies live in the client process, so its CPU includes theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +51,75 @@ print("@@" + json.dumps({"wall": wall, "client": me.ru_utime + me.ru_stime, "wor
 """
 
 
+def _cpu_seconds(process) -> float:
+    """User + system CPU seconds of ``process`` and of its live descendants."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except Exception:  # a child that just ended
+            pass
+    return total
+
+
+def _peak_rss_mib(process) -> float:
+    """The largest peak RSS (VmHWM) among ``process``'s live descendants, MiB."""
+    peaks = [0.0]
+    for p in process.children(recursive=True):
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return max(peaks)
+
+
+class OwnCluster:
+    """``dask scheduler`` + ``dask worker --nworkers n --nthreads 1`` as their own processes on 127.0.0.1."""
+
+    def __init__(self, n: int, workdir: Path):
+        import psutil
+        from distributed import Client
+
+        from polarxr.cluster import WORKER_MALLOC
+
+        env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC.items()}}
+        file = workdir / f"scheduler_{n}.json"
+        file.unlink(missing_ok=True)
+        self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                           "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                          start_new_session=True)
+        for _ in range(600):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        self.address = json.loads(file.read_text())["address"]
+        self.workers = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+                                         "--nworkers", str(n), "--nthreads", "1", "--no-dashboard"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                        start_new_session=True)
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(n, timeout=120)
+        self._scheduler, self._workers = psutil.Process(self.scheduler.pid), psutil.Process(self.workers.pid)
+        self.start = (_cpu_seconds(self._scheduler), _cpu_seconds(self._workers))
+
+    def used(self) -> tuple[float, float, float]:
+        """(scheduler CPU s, workers CPU s) since start-up, and the largest worker's peak RSS (MiB)."""
+        return (_cpu_seconds(self._scheduler) - self.start[0], _cpu_seconds(self._workers) - self.start[1],
+                _peak_rss_mib(self._workers))
+
+    def close(self) -> None:
+        for proc in (self.workers, self.scheduler):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=2, default=FULL_SIZE, metavar=("ROWS", "COLS"))
@@ -51,6 +127,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--ideal-tile", type=int, default=2048)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--own-scheduler", action="store_true",
+                        help="also run each worker count against a dask scheduler and workers in their own processes")
     parser.add_argument("extra", nargs="*", help="more options for polarxr predict (after --)")
     args = parser.parse_args()
 
@@ -79,26 +157,35 @@ def main() -> None:
     ideal = max(ideal_here, ideal_workers_env)
     table = Table(title=f"polarxr predict of a {opened.sizes['y']} x {opened.sizes['x']} scene ({megapixels:.0f} Mpx) "
                         f"from the CLI, CPU workers of 1 thread")
-    for column in ("workers", "wall s", "Mpx/s", "efficiency vs ideal", "client CPU s", "workers CPU s",
-                   "client / workers", "largest worker peak RSS"):
+    for column in ("cluster", "workers", "wall s", "Mpx/s", "efficiency vs ideal", "client CPU s", "workers CPU s",
+                   "client / workers", "scheduler CPU s", "largest worker peak RSS"):
         table.add_column(column, justify="right")
     loads = []
-    for n in args.workers:
-        out = workdir / f"cli_{n}"
+    runs = [(n, False) for n in args.workers] + ([(n, True) for n in args.workers] if args.own_scheduler else [])
+    for n, own in runs:
+        out = workdir / f"cli_{n}{'_own' if own else ''}"
+        cluster = OwnCluster(n, workdir) if own else None
+        where = ["--scheduler", cluster.address] if own else ["--workers", str(n)]
         command = [sys.executable, "-c", _CHILD, "predict", str(scene), "--checkpoint", str(checkpoint),
-                   "--out", str(out / "class.tif"), "--probabilities", str(out / "prob.zarr"), "--workers", str(n),
-                   *args.extra]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+                   "--out", str(out / "class.tif"), "--probabilities", str(out / "prob.zarr"), *where, *args.extra]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+            scheduler_cpu, workers_cpu, peak = cluster.used() if own else (None, None, None)
+        finally:
+            if cluster is not None:
+                cluster.close()
         if done.returncode:
             console.print(done.stdout[-2000:], done.stderr[-4000:])
             raise SystemExit(f"polarxr predict failed with exit {done.returncode}")
         result = json.loads(done.stdout.rsplit("@@", 1)[1])
+        if own:  # the workers are not the CLI's children here
+            result.update(workers=workers_cpu, worker_peak_mib=peak)
         loads.append(os.getloadavg()[0])
         rate = megapixels / result["wall"]
-        table.add_row(str(n), f"{result['wall']:.1f}", f"{rate:.2f}", f"{rate / (n * ideal) * 100:.0f}%",
+        table.add_row("own processes" if own else "local (in the CLI)", str(n), f"{result['wall']:.1f}", f"{rate:.2f}", f"{rate / (n * ideal) * 100:.0f}%",
                       f"{result['client']:.1f}", f"{result['workers']:.1f}",
                       f"{result['client'] / max(result['workers'], 1e-9) * 100:.1f}%",
-                      f"{result['worker_peak_mib']:,.0f} MiB")
+                      f"{scheduler_cpu:.1f}" if own else "(in the client)", f"{result['worker_peak_mib']:,.0f} MiB")
     console.print(table)
     console.print(f"ideal: one process, {args.ideal_tile} x {args.ideal_tile} tile in memory, 1 thread: {ideal:.2f} Mpx/s "
                   f"(the faster of {ideal_here:.2f} here and {ideal_workers_env:.2f} with the workers' malloc settings); "
