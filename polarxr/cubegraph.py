@@ -35,10 +35,9 @@ import numpy as np
 
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError
-from polarxr.patches import cut_windows, merge_stats, patch_stats
+from polarxr.patches import cut_windows, labels_where_valid, merge_stats, patch_stats
 from polarxr.samplers import (_NODATA_CODE, SamplerConfig, SamplingWarning, block_candidates, simulate_tries,
                               smallest_keys)
-from polarxr.scenes import valid_pixels
 from polarxr.shards import ShardWriter
 
 #: candidates merged per task of the random mode's tree
@@ -55,7 +54,7 @@ def block_task(window_parts: list[np.ndarray], chart_parts: list[np.ndarray], pl
     chunk itself and the margins sliced off its neighbours where they were read (:func:`_window_parts`)."""
     window = assemble(window_parts, places, shape)
     raster = assemble(chart_parts, places, shape[-2:])
-    code = np.where(valid_pixels(window, nodata), raster, _NODATA_CODE).astype(np.uint8)
+    code = labels_where_valid(window, raster, nodata, _NODATA_CODE)
     del raster
     found = block_candidates(code, origin, core, scene_shape, config, salt)
     size = config.patch_size

@@ -8,9 +8,7 @@ every chunk is read once. Memory per task: one chunk plus its margin, and its pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
-import dask.array as da
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -19,39 +17,6 @@ from polarxr.scenes import valid_pixels
 
 #: Pixel-count keys of a group's labels: the classes, then "no label".
 LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
-
-
-@dataclass
-class PatchPositions:
-    """The patches chosen in one scene, in storage order (by chunk row-major, then row, col).
-
-    ``row``/``col``: top-left pixel (int32); ``label``: centre class (uint8); ``block``: index of the
-    chunk (of ``core_chunks``) holding the top-left pixel. ``eligible``: eligible positions per class;
-    ``requested``/``accepted``: patches per class asked for and obtained (random mode); ``tries``: the
-    seed's draws simulated (None without ``max_tries``).
-    """
-
-    row: np.ndarray
-    col: np.ndarray
-    label: np.ndarray
-    block: np.ndarray
-    core_chunks: tuple[tuple[int, ...], tuple[int, ...]]
-    eligible: dict[int, int]
-    requested: dict[int, int] | None
-    accepted: dict[int, int]
-    tries: int | None = None
-    shortfall: dict[int, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    def summary(self) -> dict:
-        """JSON-ready record of the draw (keys are class codes as strings)."""
-        def codes(d):
-            return None if d is None else {str(k): int(v) for k, v in d.items()}
-
-        return {"eligible": codes(self.eligible), "requested": codes(self.requested),
-                "accepted": codes(self.accepted), "tries": self.tries, "shortfall": codes(self.shortfall)}
 
 
 def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,12 +37,6 @@ def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndar
 def labels_where_valid(scene: np.ndarray, raster: np.ndarray, nodata: float | None, fill: int) -> np.ndarray:
     """Chart raster ``(y, x)`` with ``fill`` where the scene block ``(band, y, x)`` has no data (uint8)."""
     return np.where(valid_pixels(scene, nodata), raster, np.uint8(fill)).astype(np.uint8)
-
-
-def masked_labels(scene: da.Array, raster: da.Array, nodata: float | None, fill: int = NO_LABEL) -> da.Array:
-    """Lazy :func:`labels_where_valid` over aligned ``scene (band, y, x)`` and ``raster (y, x)`` chunks."""
-    return da.map_blocks(labels_where_valid, scene, raster, nodata, fill, drop_axis=0, dtype=np.uint8,
-                         meta=np.empty((0, 0), np.uint8))
 
 
 def cut_windows(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
