@@ -19,6 +19,10 @@ from polarxr.scenes import valid_pixels
 LABEL_CODES: tuple[int, ...] = (*range(N_CLASSES), NO_LABEL)
 
 
+#: Dtypes normalised in place by :func:`normalise` (one float32 array, no temporaries); others by the formula.
+_IN_PLACE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
+
+
 def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """``(band, y, x)`` raw values -> ``(float32 (raw - mean) / std, valid (y, x))``, per band.
 
@@ -28,9 +32,27 @@ def normalise(raw: np.ndarray, mean, std, nodata: float | None) -> tuple[np.ndar
     valid = valid_pixels(raw, nodata)
     mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(std, np.float32).reshape(-1, 1, 1)
-    image = (raw.astype(np.float32) - mean) / std
-    image[:, ~valid] = 0.0
-    image[~np.isfinite(image)] = 0.0
+    if raw.dtype not in _IN_PLACE_DTYPES:
+        image = (raw.astype(np.float32) - mean) / std
+        image[:, ~valid] = 0.0
+        image[~np.isfinite(image)] = 0.0
+        return image, valid
+    # the same float32 operations in place: identical values in about a third of the time on a 2048 px block
+    image = np.empty(raw.shape, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.subtract(raw, mean, out=image, dtype=np.float32)
+        np.divide(image, std, out=image)
+        if raw.dtype.kind == "f":
+            may_overflow = True
+        else:  # (v - mean) / std is monotonic in v: finite at the dtype's extremes means finite everywhere
+            info = np.iinfo(raw.dtype)
+            ends = (np.array([info.min, info.max], np.float32) - mean.reshape(-1, 1)) / std.reshape(-1, 1)
+            may_overflow = not np.isfinite(ends).all()
+    invalid = ~valid
+    if invalid.any():
+        np.copyto(image, 0.0, where=invalid[None])
+    if may_overflow:
+        image[~np.isfinite(image)] = 0.0
     return image, valid
 
 
