@@ -41,8 +41,13 @@ LOCAL_DASHBOARD = "127.0.0.1:8787"
 #: OS: on a CPU worker running a U-Net this was 40-60 % of its time in the kernel (sys). Allocations up to
 #: 1 GiB from the heap, and up to 1 GiB of freed heap kept, make a 2048 px tile's forward pass 1.6x faster
 #: (``benchmarks/predict_profile.py``). Peak memory is unchanged (the same live arrays); a worker keeps up
-#: to 1 GiB freed between tasks. A variable set in the environment of the process starting the cluster wins.
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 2**30, "MALLOC_TRIM_THRESHOLD_": 2**30}
+#: to 1 GiB freed between tasks. One arena (``MALLOC_ARENA_MAX`` 1): a task runs in the worker's executor
+#: thread, whose own glibc arena is built of 64 MiB heaps, so every larger array (a block, an activation)
+#: was an ``mmap`` again whatever the threshold; in the main arena the threshold holds. Full-size scene, 1
+#: worker: 139.6 -> 118.0 s and peak 1.63 -> 1.38 GiB (``benchmarks/results/writing_cpu.md``). Workers run
+#: one thread by default, so the single arena's lock is not contended. A variable set in the environment of
+#: the process starting the cluster wins.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 2**30, "MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_ARENA_MAX": 1}
 
 
 def security_from_dir(tls_dir: str | Path) -> Security:

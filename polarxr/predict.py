@@ -49,8 +49,9 @@ DEFAULT_TILING: dict[str, tuple[int, int]] = {"cpu": (512, 1), "cuda": (2048, 4)
 #: ``scale_factor`` 1/254: ``xr.open_zarr`` decodes them to 0..1 and NaN).
 PROBABILITY_SCALE = 254
 PROBABILITY_FILL = 255
-#: Rows of a CPU tile whose probabilities are computed and encoded at a time (bounds float temporaries).
-ENCODE_STRIP = 256
+#: Rows of a CPU tile whose full-resolution stages (upsampling, refinement, softmax, encoding) run at a time:
+#: bounds their float temporaries (a 4096 px wide strip: ~80 MB).
+ENCODE_STRIP = 512
 
 
 @dataclass
@@ -158,19 +159,39 @@ def _forward(model: torch.nn.Module, batch: np.ndarray, device: str, encode: boo
     if device.startswith("cuda"):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = _logits(model, tensor, crop)
+    elif encode:
+        return _encode_strips(model, tensor, crop)
     else:
         logits = _logits(model, tensor, crop)
-    if not encode or device.startswith("cuda"):
-        probs = torch.softmax(logits.float(), dim=1)
-        return (_device_encode(probs) if encode else probs).cpu().numpy()
-    del tensor
-    # On a CPU worker the full-resolution float temporaries of softmax and encoding (probabilities,
-    # scaled values, int64 argmax: ~32 B/px) would dominate a large tile's memory; per-pixel operations,
-    # so strips of rows give the same bytes with a bounded working set.
-    out = torch.empty((logits.shape[0], 1 + logits.shape[1]) + tuple(logits.shape[2:]), dtype=torch.uint8)
-    for y in range(0, logits.shape[2], ENCODE_STRIP):
-        rows = slice(y, y + ENCODE_STRIP)
-        out[:, :, rows] = _device_encode(torch.softmax(logits[:, :, rows].float(), dim=1))
+    probs = torch.softmax(logits.float(), dim=1)
+    return (_device_encode(probs) if encode else probs).cpu().numpy()
+
+
+def _encode_strips(model: torch.nn.Module, tensor: torch.Tensor, crop: tuple[slice, slice] | None) -> np.ndarray:
+    """The uint8 encoding of a CPU batch, strip by strip of :data:`ENCODE_STRIP` output rows.
+
+    On a CPU worker the full-resolution float temporaries (upsampled logits, probabilities, scaled values:
+    ~40 B/px) would dominate a large tile's memory; the coarse U-Net runs once over the whole window and
+    its full-resolution stages (:meth:`~polarxr.models.unet.UNet.crop_logits`) and the encoding per strip,
+    which gives the same bytes with a bounded working set.
+    """
+    height, width = tensor.shape[-2:]
+    rows, cols = crop or (slice(0, height), slice(0, width))
+    strips = range(rows.start, rows.stop, ENCODE_STRIP)
+    if getattr(model, "pool", 1) > 1 and hasattr(model, "crop_logits"):
+        coarse = model.coarse_logits(tensor)
+        n_classes = coarse.shape[1]
+        def logits_of(strip): return model.crop_logits(coarse, tensor, strip, cols)
+    else:  # a model without a multi-looked stage: its logits once, encoded per strip
+        whole = _logits(model, tensor, crop)
+        n_classes = whole.shape[1]
+        def logits_of(strip): return whole[:, :, strip.start - rows.start:strip.stop - rows.start]
+    out = torch.empty((tensor.shape[0], 1 + n_classes, rows.stop - rows.start, cols.stop - cols.start),
+                      dtype=torch.uint8)
+    for y in strips:
+        strip = slice(y, min(y + ENCODE_STRIP, rows.stop))
+        out[:, :, strip.start - rows.start:strip.stop - rows.start] = _device_encode(
+            torch.softmax(logits_of(strip).float(), dim=1))
     return out.numpy()
 
 

@@ -148,15 +148,16 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net input of {height} x {width} px: height and width must be multiples of "
                              f"{self.pad_multiple}; use forward_padded for other sizes")
         full = x
-        logits = self._coarse_logits(x)
+        logits = self.coarse_logits(x)
         if self.pool > 1:
             logits = F.interpolate(logits, scale_factor=self.pool, mode="bilinear", align_corners=False)
         if self.refiner is not None:
             logits = logits + self.refiner(torch.cat([full, logits], dim=1))
         return logits
 
-    def _coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The U-Net's logits at its own (multi-looked) resolution, before upsampling and refinement."""
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's logits ``(N, n_classes, H / pool, W / pool)`` at its own (multi-looked) resolution,
+        before upsampling and refinement."""
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
         skips = []
@@ -173,19 +174,27 @@ class UNet(nn.Module):
         """``forward(x)[..., rows, cols]``, with the full-resolution stages (the bilinear upsampling, the
         refinement) run only over the crop.
 
-        The multi-looked U-Net runs over all of ``x`` (the crop's context); its logits are cut to the coarse
-        pixels the crop's upsampled values read, plus one on each side, before upsampling. Bilinear weights
-        depend only on a pixel's offset from an aligned coarse grid, so a coarse cut at a whole coarse pixel
-        gives the same values: upsampling and refinement of a tile's halo, which the caller crops away,
-        are never computed (a 2048 px tile with a 224 px halo: 1.49x fewer full-resolution pixels).
+        The multi-looked U-Net runs over all of ``x`` (the crop's context), then :meth:`crop_logits` upsamples
+        and refines the crop alone: a 2048 px tile with a 224 px halo computes 1.49x fewer full-resolution
+        pixels than cropping the whole forward.
         """
-        height, width = x.shape[-2:]
         if self.pool == 1:
             return self(x)[..., rows, cols]
+        return self.crop_logits(self.coarse_logits(x), x, rows, cols)
+
+    def crop_logits(self, coarse: torch.Tensor, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """The full-resolution logits ``forward(x)[..., rows, cols]`` from the :meth:`coarse_logits` of ``x``.
+
+        The coarse logits are cut to the coarse pixels the crop's upsampled values read, plus one on each side,
+        before upsampling. Bilinear weights depend only on a pixel's offset from an aligned coarse grid, so a
+        cut at whole coarse pixels gives the same values; so callers may compute a large window's full-resolution
+        stages strip by strip, bounding their float temporaries, from one run of the coarse U-Net. ``x`` (full
+        resolution) is read only by the refinement. Needs ``pool`` > 1.
+        """
+        height, width = x.shape[-2:]
         margin = 1 if self.refiner is not None else 0  # the refiner's 3x3 convolution reads one pixel around
         fy0, fy1 = max(0, rows.start - margin), min(height, rows.stop + margin)
         fx0, fx1 = max(0, cols.start - margin), min(width, cols.stop + margin)
-        coarse = self._coarse_logits(x)
         p = self.pool
         # coarse pixels read by full-resolution pixels fy0..fy1-1 (src = (i + 0.5) / p - 0.5 and the next),
         # one more on each side so that no needed value is clamped at the cut
