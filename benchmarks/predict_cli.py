@@ -1,6 +1,6 @@
 """``polarxr predict`` end to end as a user runs it, with the client's CPU apart from the workers'.
 
-    python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2
+    python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2 [--no-halo] [--own-scheduler]
 
 Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net, measures the in-memory
 ideal (one process, ``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--own-scheduler", action="store_true",
                         help="also run each worker count against a dask scheduler and workers in their own processes")
+    parser.add_argument("--no-halo", action="store_true",
+                        help="also run each worker count with --no-seamless (blocks without halo): the overlap overhead")
     parser.add_argument("extra", nargs="*", help="more options for polarxr predict (after --)")
     args = parser.parse_args()
 
@@ -155,19 +157,17 @@ def main() -> None:
     ideal_here = ideal_mpx_s(checkpoint, scene, args.ideal_tile, "cpu")
     ideal_workers_env = ideal_like_workers(checkpoint, scene, args.ideal_tile, "cpu", 1)
     ideal = max(ideal_here, ideal_workers_env)
-    table = Table(title=f"polarxr predict of a {opened.sizes['y']} x {opened.sizes['x']} scene ({megapixels:.0f} Mpx) "
-                        f"from the CLI, CPU workers of 1 thread")
-    for column in ("cluster", "workers", "wall s", "Mpx/s", "efficiency vs ideal", "client CPU s", "workers CPU s",
-                   "client / workers", "scheduler CPU s", "largest worker peak RSS"):
-        table.add_column(column, justify="right")
-    loads = []
-    runs = [(n, False) for n in args.workers] + ([(n, True) for n in args.workers] if args.own_scheduler else [])
-    for n, own in runs:
-        out = workdir / f"cli_{n}{'_own' if own else ''}"
+    loads, rows = [], []
+    runs = [(n, False, True) for n in args.workers] + ([(n, True, True) for n in args.workers] if args.own_scheduler else [])
+    if args.no_halo:
+        runs += [(n, own, False) for n, own, _ in runs]
+    for n, own, seamless in runs:
+        out = workdir / f"cli_{n}{'_own' if own else ''}{'' if seamless else '_nohalo'}"
         cluster = OwnCluster(n, workdir) if own else None
         where = ["--scheduler", cluster.address] if own else ["--workers", str(n)]
         command = [sys.executable, "-c", _CHILD, "predict", str(scene), "--checkpoint", str(checkpoint),
-                   "--out", str(out / "class.tif"), "--probabilities", str(out / "prob.zarr"), *where, *args.extra]
+                   "--out", str(out / "class.tif"), "--probabilities", str(out / "prob.zarr"), *where,
+                   *([] if seamless else ["--no-seamless"]), *args.extra]
         try:
             done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
             scheduler_cpu, workers_cpu, peak = cluster.used() if own else (None, None, None)
@@ -180,12 +180,25 @@ def main() -> None:
         result = json.loads(done.stdout.rsplit("@@", 1)[1])
         if own:  # the workers are not the CLI's children here
             result.update(workers=workers_cpu, worker_peak_mib=peak)
+        result.update(n=n, own=own, seamless=seamless, scheduler=scheduler_cpu)
+        rows.append(result)
         loads.append(os.getloadavg()[0])
-        rate = megapixels / result["wall"]
-        table.add_row("own processes" if own else "local (in the CLI)", str(n), f"{result['wall']:.1f}", f"{rate:.2f}", f"{rate / (n * ideal) * 100:.0f}%",
-                      f"{result['client']:.1f}", f"{result['workers']:.1f}",
-                      f"{result['client'] / max(result['workers'], 1e-9) * 100:.1f}%",
-                      f"{scheduler_cpu:.1f}" if own else "(in the client)", f"{result['worker_peak_mib']:,.0f} MiB")
+    walls = {(r["n"], r["own"], r["seamless"]): r["wall"] for r in rows}
+    table = Table(title=f"polarxr predict of a {opened.sizes['y']} x {opened.sizes['x']} scene ({megapixels:.0f} Mpx) "
+                        f"from the CLI, CPU workers of 1 thread")
+    for column in ("cluster", "workers", "halo", "wall s", "Mpx/s", "efficiency vs ideal", "overlap overhead",
+                   "client CPU s", "workers CPU s", "client / workers", "scheduler CPU s", "largest worker peak RSS"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        rate = megapixels / r["wall"]
+        bare = walls.get((r["n"], r["own"], False))
+        overhead = f"{(r['wall'] / bare - 1) * 100:+.0f}%" if r["seamless"] and bare else ""
+        table.add_row("own processes" if r["own"] else "local (in the CLI)", str(r["n"]),
+                      "seamless" if r["seamless"] else "none", f"{r['wall']:.1f}", f"{rate:.2f}",
+                      f"{rate / (r['n'] * ideal) * 100:.0f}%", overhead,
+                      f"{r['client']:.1f}", f"{r['workers']:.1f}",
+                      f"{r['client'] / max(r['workers'], 1e-9) * 100:.1f}%",
+                      f"{r['scheduler']:.1f}" if r["own"] else "(in the client)", f"{r['worker_peak_mib']:,.0f} MiB")
     console.print(table)
     console.print(f"ideal: one process, {args.ideal_tile} x {args.ideal_tile} tile in memory, 1 thread: {ideal:.2f} Mpx/s "
                   f"(the faster of {ideal_here:.2f} here and {ideal_workers_env:.2f} with the workers' malloc settings); "

@@ -28,6 +28,10 @@ def predict(
     tile: int = typer.Option(None, help="Tile edge in px that blocks are segmented in [default: 512 on CPU, 2048 on GPU]."),
     batch_size: int = typer.Option(None, help="Tiles per forward pass [default: 1 on CPU, 4 on GPU]."),
     quicklook: bool = typer.Option(True, help="Write a PNG quicklook beside each class map."),
+    seamless: bool = typer.Option(True, "--seamless/--no-seamless",
+                                  help="Give each block a halo of the model's receptive field, so that the maps do "
+                                       "not depend on the chunking. --no-seamless drops it: a faster preview whose "
+                                       "blocks show seams at their edges."),
     bands: BandsOption = None,
     cluster: ClusterOption = ClusterKind.local,
     scheduler: SchedulerOption = None,
@@ -58,11 +62,12 @@ def predict(
             charts = list(catalog["chart"]) if chart else None
             results = predict_scenes(list(catalog["path"]), checkpoint, out, client, chunk=chunk, charts=charts,
                                      quicklooks=quicklook, tile=tile, batch_size=batch_size, progress=advance,
-                                     bands=names)
+                                     seamless=seamless, bands=names)
         else:
             results = [predict_scene(scene, checkpoint, out, probabilities=probabilities, chart=chart, chunk=chunk,
                                      client=client, quicklook=out.with_suffix(".png") if quicklook else None,
-                                     tile=tile, batch_size=batch_size, progress=advance, bands=names)]
+                                     tile=tile, batch_size=batch_size, progress=advance, seamless=seamless,
+                                     bands=names)]
     table = Table(title="Segmented scenes")
     for column in ("scene", "Mpx", "seconds", "class map", "mean IoU"):
         table.add_column(column)

@@ -46,7 +46,8 @@ LOCAL_DASHBOARD = "127.0.0.1:8787"
 #: was an ``mmap`` again whatever the threshold; in the main arena the threshold holds. Full-size scene, 1
 #: worker: 139.6 -> 118.0 s and peak 1.63 -> 1.38 GiB (``benchmarks/results/writing_cpu.md``). Workers run
 #: one thread by default, so the single arena's lock is not contended. A variable set in the environment of
-#: the process starting the cluster wins.
+#: the process starting the cluster wins (distributed's nanny takes ``os.environ``'s value of a
+#: ``pre-spawn-environ`` key over the configured one).
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 2**30, "MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_ARENA_MAX": 1}
 
 

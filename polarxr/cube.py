@@ -82,7 +82,7 @@ from zarr.codecs import BloscCodec
 
 from polarxr.classes import N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError
-from polarxr.graphs import compute_together, submit_together
+from polarxr.graphs import active_client, compute_together, submit_together
 from polarxr.patches import merge_stats
 from polarxr.samplers import SamplerConfig, check_patch_fits
 
@@ -528,7 +528,7 @@ class CubeBuild:
         if on_progress:  # every scene is sampled and written in the same graph
             on_progress(names[0], "sampling")
             on_progress(names[0], "writing")
-        client = _active_client()
+        client = active_client()
         # rasterio's rasterize enters warnings.catch_warnings() in the scheduler's threads, which is not
         # thread-safe and can leave its "ignore" filters installed: the caller's filters are put back below
         filters = list(warnings.filters)
@@ -562,19 +562,6 @@ class CubeBuild:
                                        record["patch_counts"], record["sampling"]["shortfall"] or {},
                                        record["start"]))
         return results
-
-
-def _active_client():
-    """The ``distributed`` client that dask computes on now, if any."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        return None
-    import dask
-
-    return client if dask.base.get_scheduler() == client.get else None
 
 
 def _existing(cube_path: Path) -> tuple[CubeLayout | None, list[dict]]:

@@ -36,8 +36,8 @@ import numpy as np
 from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import CubeError
 from polarxr.patches import cut_windows, labels_where_valid, merge_stats, patch_stats
-from polarxr.samplers import (_NODATA_CODE, SamplerConfig, SamplingWarning, block_candidates, simulate_tries,
-                              smallest_keys)
+from polarxr.samplers import (NODATA_CODE, SamplerConfig, SamplingWarning, block_candidates, core_chunks,
+                              scene_salt, simulate_tries, smallest_keys)
 from polarxr.shards import ShardWriter
 
 #: candidates merged per task of the random mode's tree
@@ -54,14 +54,14 @@ def block_task(window_parts: list[np.ndarray], chart_parts: list[np.ndarray], pl
     chunk itself and the margins sliced off its neighbours where they were read (:func:`_window_parts`)."""
     window = assemble(window_parts, places, shape)
     raster = assemble(chart_parts, places, shape[-2:])
-    code = labels_where_valid(window, raster, nodata, _NODATA_CODE)
+    code = labels_where_valid(window, raster, nodata, NODATA_CODE)
     del raster
     found = block_candidates(code, origin, core, scene_shape, config, salt)
     size = config.patch_size
     rows, cols = found["row"] - origin[0], found["col"] - origin[1]
     found["image"] = cut_windows(window, rows, cols, size)
     labels = cut_windows(code, rows, cols, size)
-    valid = labels != _NODATA_CODE  # the code is 254 exactly where the scene has no data
+    valid = labels != NODATA_CODE  # the code is 254 exactly where the scene has no data
     labels[~valid] = NO_LABEL
     found["labels"] = labels
     found["block"] = np.full(len(rows), block, np.int32)
@@ -346,13 +346,11 @@ def _window_parts(array, core: tuple[tuple[int, ...], tuple[int, ...]], depth: i
 
 def scene_graph(scene, raster, config: SamplerConfig, info: SceneInfo) -> SceneGraph:
     """The block tasks of one scene, and (random mode) its draw."""
-    from polarxr.samplers import _core_chunks, scene_salt
-
     where = str(scene.attrs.get("source", info.name))
     chart = raster.attrs.get("chart")
     size = config.patch_size
     depth = size - 1
-    core = tuple(_core_chunks(c, depth) for c in scene.data.chunks[1:])
+    core = tuple(core_chunks(c, depth) for c in scene.data.chunks[1:])
     salt = scene_salt(config.seed, info.name)
     nodata = scene.rio.nodata
     shape = tuple(int(s) for s in raster.shape)

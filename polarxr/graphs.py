@@ -1,4 +1,5 @@
-"""Computing several dask collections in one graph, their results in the order given.
+"""Computing several dask collections in one graph, their results in the order given; the client dask
+computes on (:func:`active_client`).
 
 ``dask.compute(array, delayed, array)`` in dask 2026.7–2026.8 merges the graphs of the collections that
 share an optimizer (``__dask_optimize__``) and hands back their results grouped by optimizer, in the order
@@ -58,3 +59,15 @@ def submit_together(client: Client, objects: Sequence[Any], **kwargs: Any) -> li
     ``kwargs`` go to ``Client.compute`` (e.g. ``retries``)."""
     order = _grouped_order(objects)
     return _in_given_order(order, client.compute([objects[k] for k in order], **kwargs))
+
+
+def active_client() -> Client | None:
+    """The ``distributed`` client that ``dask.compute`` runs on now; None on a local scheduler (none made,
+    or one chosen with ``dask.config.set(scheduler=...)`` over a client)."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    return client if dask.base.get_scheduler() == client.get else None

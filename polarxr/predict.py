@@ -171,27 +171,26 @@ def _encode_strips(model: torch.nn.Module, tensor: torch.Tensor, crop: tuple[sli
     """The uint8 encoding of a CPU batch, strip by strip of :data:`ENCODE_STRIP` output rows.
 
     On a CPU worker the full-resolution float temporaries (upsampled logits, probabilities, scaled values:
-    ~40 B/px) would dominate a large tile's memory; the coarse U-Net runs once over the whole window and
-    its full-resolution stages (:meth:`~polarxr.models.unet.UNet.crop_logits`) and the encoding per strip,
+    ~40 B/px) would dominate a large tile's memory; the U-Net runs once over the whole window and its
+    full-resolution stages (:meth:`~polarxr.models.unet.UNet.crop_strips`) and the encoding per strip,
     which gives the same bytes with a bounded working set.
     """
     height, width = tensor.shape[-2:]
     rows, cols = crop or (slice(0, height), slice(0, width))
-    strips = range(rows.start, rows.stop, ENCODE_STRIP)
-    if getattr(model, "pool", 1) > 1 and hasattr(model, "crop_logits"):
-        coarse = model.coarse_logits(tensor)
-        n_classes = coarse.shape[1]
-        def logits_of(strip): return model.crop_logits(coarse, tensor, strip, cols)
-    else:  # a model without a multi-looked stage: its logits once, encoded per strip
+    if hasattr(model, "crop_strips"):
+        strips = model.crop_strips(tensor, rows, cols, ENCODE_STRIP)
+    else:  # a model without full-resolution stages of its own: its logits once, encoded per strip
         whole = _logits(model, tensor, crop)
-        n_classes = whole.shape[1]
-        def logits_of(strip): return whole[:, :, strip.start - rows.start:strip.stop - rows.start]
-    out = torch.empty((tensor.shape[0], 1 + n_classes, rows.stop - rows.start, cols.stop - cols.start),
-                      dtype=torch.uint8)
-    for y in strips:
-        strip = slice(y, min(y + ENCODE_STRIP, rows.stop))
-        out[:, :, strip.start - rows.start:strip.stop - rows.start] = _device_encode(
-            torch.softmax(logits_of(strip).float(), dim=1))
+        starts = range(rows.start, rows.stop, ENCODE_STRIP)
+        strips = ((slice(y, min(y + ENCODE_STRIP, rows.stop)), whole[:, :, y - rows.start:y - rows.start + ENCODE_STRIP])
+                  for y in starts)
+    out = None
+    for strip, logits in strips:
+        if out is None:
+            out = torch.empty((tensor.shape[0], 1 + logits.shape[1], rows.stop - rows.start, cols.stop - cols.start),
+                              dtype=torch.uint8)
+        encoded = _device_encode(torch.softmax(logits.float(), dim=1))
+        out[:, :, strip.start - rows.start:strip.stop - rows.start] = encoded
     return out.numpy()
 
 
@@ -596,7 +595,8 @@ def _run_locked(scenes, outputs, checkpoint, client, options: dict, progress) ->
 
     options = dict(options)
     bands = options.pop("bands", None)
-    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"]}
+    tags = {"polarxr_version": __version__, "checkpoint": checkpoint.name, "model_version": options["version"],
+            "seamless": "yes" if options["seamless"] else "no (preview: blocks without halo show seams)"}
     started = time.perf_counter()
     plans: list[_ScenePlan] = []
     try:

@@ -48,12 +48,9 @@ def dask_progress(description: str, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    try:
-        from distributed import get_client
+    from polarxr.graphs import active_client
 
-        client = get_client()
-    except (ImportError, ValueError):
-        client = None
+    client = active_client()
     if client is not None:
         with make_progress() as progress:
             task = progress.add_task(f"{description} (dashboard: {client.dashboard_link})", total=None)

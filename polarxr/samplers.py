@@ -37,7 +37,7 @@ from polarxr.errors import CubeError
 
 MODES = ("random", "grid")
 #: Code of scene-nodata pixels in the per-chunk eligibility input (labels use 0-2 and 255).
-_NODATA_CODE = np.uint8(254)
+NODATA_CODE = np.uint8(254)
 #: Draws simulated at once when emulating the seed's ``max_tries`` loop.
 _TRY_BATCH = 1_000_000
 
@@ -136,7 +136,7 @@ def check_patch_fits(config: SamplerConfig, shape: tuple[int, int], chunks: tupl
                                    f"({min(regular)} px): use chunks (--chunk) of at least {size} px")
 
 
-def _core_chunks(sizes: tuple[int, ...], depth: int) -> tuple[int, ...]:
+def core_chunks(sizes: tuple[int, ...], depth: int) -> tuple[int, ...]:
     """Chunks whose every block can lend ``depth`` pixels to its neighbour: a short last one is merged."""
     sizes = list(sizes)
     if len(sizes) > 1 and sizes[-1] < depth:
@@ -193,7 +193,7 @@ def block_candidates(
     centre = code[size // 2:, size // 2:][rows, cols]
     eligible = centre < N_CLASSES
     if config.max_nodata_px < size * size:  # otherwise every window passes: no sums needed
-        eligible &= _window_sums(_integral(code == _NODATA_CODE), rows, cols, size) <= config.max_nodata_px
+        eligible &= _window_sums(_integral(code == NODATA_CODE), rows, cols, size) <= config.max_nodata_px
     if config.min_labelled_px > 0:
         eligible &= _window_sums(_integral(code < N_CLASSES), rows, cols, size) >= config.min_labelled_px
     if config.mode == "random":

@@ -131,20 +131,20 @@ def test_forward_crop_equals_cropping_the_forward(pool, refine):
                 assert torch.equal(actual, expected), (y0, y1, x0, x1)
 
 
-@pytest.mark.parametrize("refine", [0, 4])
-def test_crop_logits_strip_by_strip_equal_the_whole_crop(refine):
-    """predict runs a window's full-resolution stages strip by strip from one coarse run: the strips put
-    together are the whole crop's logits (bit for bit without refinement)."""
-    net = _unet(depth=3, pool=4, refine=refine)
+@pytest.mark.parametrize("pool,refine", [(4, 0), (4, 4), (1, 0)])
+def test_crop_strips_put_together_equal_the_whole_crop(pool, refine):
+    """predict runs a window's full-resolution stages strip by strip from one U-Net run: the strips, top to
+    bottom and covering the crop, put together are the whole crop's logits (bit for bit without refinement)."""
+    net = _unet(depth=3, pool=pool, refine=refine)
     multiple = net.pad_multiple
     x = torch.randn(1, 2, 6 * multiple, 4 * multiple, generator=torch.Generator().manual_seed(5))
     rows, cols = slice(5, x.shape[-2] - 3), slice(2, x.shape[-1] - 7)
     with torch.no_grad():
-        whole = net.forward_crop(x, rows, cols)
-        coarse = net.coarse_logits(x)
-        strips = torch.cat([net.crop_logits(coarse, x, slice(y, min(y + 37, rows.stop)), cols)
-                            for y in range(rows.start, rows.stop, 37)], dim=2)
-    assert strips.shape == whole.shape
+        whole = net(x)[..., rows, cols]
+        pieces = list(net.crop_strips(x, rows, cols, 37))
+    assert [(s.start, s.stop) for s, _ in pieces] == [(y, min(y + 37, rows.stop)) for y in range(rows.start, rows.stop, 37)]
+    strips = torch.cat([logits for _, logits in pieces], dim=2)
+    assert len(pieces) > 1 and strips.shape == whole.shape
     if refine:
         torch.testing.assert_close(strips, whole, atol=1e-5, rtol=1e-5)
     else:

@@ -109,6 +109,42 @@ def test_predict_scene_writes_cog_on_input_grid(files, client, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_cli_no_seamless_is_a_tagged_preview_with_seams(files, client, tmp_path):
+    """``--no-seamless`` drops the halo: the map differs from the seamless one only near block edges, and
+    both files say which they are."""
+    from typer.testing import CliRunner
+
+    from polarxr.cli.main import app
+
+    scene_path, _, checkpoint, _ = files
+    import xarray as xr
+
+    maps, probs = {}, {}
+    for flag in ("--seamless", "--no-seamless"):
+        out = tmp_path / f"{flag.strip('-')}.tif"
+        zarr_out = out.with_suffix(".zarr")
+        run = CliRunner().invoke(app, ["predict", str(scene_path), "-c", str(checkpoint), "-o", str(out),
+                                       "--probabilities", str(zarr_out), "--chunk", "192",
+                                       "--tile", "192", "--no-quicklook", flag,
+                                       "--scheduler", client.scheduler.address], terminal_width=200)
+        assert run.exit_code == 0, run.output
+        with rasterio.open(out) as src:
+            maps[flag], tags = src.read(1), src.tags()
+        assert tags["seamless"].startswith("yes" if flag == "--seamless" else "no")
+        stored = xr.open_zarr(zarr_out, consolidated=False)["probability"]
+        assert stored.attrs["seamless"] == tags["seamless"]
+        probs[flag] = stored.values
+    expected, valid = whole_array(scene_path, checkpoint)
+    np.testing.assert_array_equal(maps["--seamless"][valid], expected[:, valid].argmax(0))
+    differs = (probs["--seamless"] != probs["--no-seamless"]).any(axis=0) & valid
+    assert differs.any()  # a random U-Net's blocks do see their missing context
+    rows, cols = np.nonzero(differs)
+    halo = load_checkpoint(checkpoint)[0].halo
+    # blocks of 192 px: the only block edges inside the scene are row 192 and column 192
+    to_seam = np.minimum(np.abs(rows - 191.5), np.abs(cols - 191.5))
+    assert to_seam.max() < halo and (to_seam < 8).any()  # the seams: within a halo of the inner block edges
+
+
 def test_patch_classifier_is_repieced_at_patch_resolution(files, client, tmp_path):
     scene_path, _, _, checkpoint = files
     out = predict_scene(scene_path, checkpoint, tmp_path / "cnn.tif", chunk=128, client=client).class_map

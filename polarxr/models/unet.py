@@ -14,6 +14,8 @@ by :attr:`UNet.halo` pixels on each side (clipped at the array's edges) and star
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -178,9 +180,24 @@ class UNet(nn.Module):
         and refines the crop alone: a 2048 px tile with a 224 px halo computes 1.49x fewer full-resolution
         pixels than cropping the whole forward.
         """
+        ((_, logits),) = self.crop_strips(x, rows, cols)
+        return logits
+
+    def crop_strips(self, x: torch.Tensor, rows: slice, cols: slice, strip: int | None = None
+                    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(strip_rows, forward(x)[..., strip_rows, cols])`` for the crop cut into strips of ``strip`` rows
+        (default: one strip), top to bottom; the U-Net runs once, the full-resolution stages per strip, so a
+        caller holds one strip's float temporaries at a time."""
+        step = strip or max(1, rows.stop - rows.start)
+        strips = [slice(y, min(y + step, rows.stop)) for y in range(rows.start, rows.stop, step)]
         if self.pool == 1:
-            return self(x)[..., rows, cols]
-        return self.crop_logits(self.coarse_logits(x), x, rows, cols)
+            whole = self(x)
+            for rows_of in strips:
+                yield rows_of, whole[..., rows_of, cols]
+            return
+        coarse = self.coarse_logits(x)
+        for rows_of in strips:
+            yield rows_of, self.crop_logits(coarse, x, rows_of, cols)
 
     def crop_logits(self, coarse: torch.Tensor, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         """The full-resolution logits ``forward(x)[..., rows, cols]`` from the :meth:`coarse_logits` of ``x``.
