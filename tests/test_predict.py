@@ -112,13 +112,12 @@ def test_predict_scene_writes_cog_on_input_grid(files, client, tmp_path):
 def test_cli_no_seamless_is_a_tagged_preview_with_seams(files, client, tmp_path):
     """``--no-seamless`` drops the halo: the map differs from the seamless one only near block edges, and
     both files say which they are."""
+    import xarray as xr
     from typer.testing import CliRunner
 
     from polarxr.cli.main import app
 
     scene_path, _, checkpoint, _ = files
-    import xarray as xr
-
     maps, probs = {}, {}
     for flag in ("--seamless", "--no-seamless"):
         out = tmp_path / f"{flag.strip('-')}.tif"
