@@ -32,6 +32,7 @@ from polarxr.classes import CLASS_NAMES, N_CLASSES, NO_LABEL
 from polarxr.errors import ModelError, SceneError
 from polarxr.graphs import submit_together
 from polarxr.io import as_path, local_copy, output_lock
+from polarxr.models.unet import row_strips
 from polarxr.patches import normalise as normalise_patch
 from polarxr.scenes import ensure_not_empty, open_scene
 
@@ -181,9 +182,8 @@ def _encode_strips(model: torch.nn.Module, tensor: torch.Tensor, crop: tuple[sli
         strips = model.crop_strips(tensor, rows, cols, ENCODE_STRIP)
     else:  # a model without full-resolution stages of its own: its logits once, encoded per strip
         whole = _logits(model, tensor, crop)
-        starts = range(rows.start, rows.stop, ENCODE_STRIP)
-        strips = ((slice(y, min(y + ENCODE_STRIP, rows.stop)), whole[:, :, y - rows.start:y - rows.start + ENCODE_STRIP])
-                  for y in starts)
+        strips = ((strip, whole[:, :, strip.start - rows.start:strip.stop - rows.start])
+                  for strip in row_strips(rows, ENCODE_STRIP))
     out = None
     for strip, logits in strips:
         if out is None:

@@ -173,16 +173,22 @@ def test_device_encoding_equals_the_host_encoding():
     assert host.dtype == np.uint8 and host[0, 0, :8].tolist() == [0] * 8
 
 
-def test_cpu_encoding_in_strips_equals_encoding_the_whole_tile(monkeypatch):
+@pytest.mark.parametrize("kind", ["unet", "plain"])
+def test_cpu_encoding_in_strips_equals_encoding_the_whole_tile(monkeypatch, kind):
     """A CPU worker encodes a tile's probabilities strip by strip (bounded float temporaries): the bytes
-    equal softmax + encoding of the whole tile at once, strips that do not divide the height included."""
+    equal softmax + encoding of the whole tile at once, strips that do not divide the height included,
+    for the U-Net (its own strips) and for a model without ``crop_strips`` (its logits sliced)."""
     import torch
 
     from polarxr import predict
     from polarxr.models import build_model
 
     torch.manual_seed(0)
-    model = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2, "pool": 2}).eval()
+    if kind == "unet":
+        model = build_model({"name": "unet", "in_channels": 2, "n_classes": 3, "width": 4, "depth": 2, "pool": 2}).eval()
+    else:
+        model = torch.nn.Conv2d(2, 3, 3, padding=1).eval()
+        assert not hasattr(model, "crop_strips")
     batch = (np.random.default_rng(5).random((2, 2, 96, 64), dtype=np.float32) - 0.5) * 6
     with torch.inference_mode():
         whole = predict._device_encode(torch.softmax(model(torch.from_numpy(batch)), dim=1)).numpy()

@@ -44,6 +44,13 @@ def _conv_radius(block: nn.Module, scale: int) -> int:
     return radius
 
 
+def row_strips(rows: slice, step: int | None = None) -> list[slice]:
+    """``rows`` (a slice with start and stop) cut into consecutive slices of ``step`` rows, top to bottom,
+    the last one shorter where ``step`` does not divide it (default: one slice)."""
+    step = step or max(1, rows.stop - rows.start)
+    return [slice(y, min(y + step, rows.stop)) for y in range(rows.start, rows.stop, step)]
+
+
 class UNet(nn.Module):
     """U-Net segmenter: ``(N, in_channels, H, W)`` float -> ``(N, n_classes, H, W)`` logits.
 
@@ -188,8 +195,7 @@ class UNet(nn.Module):
         """``(strip_rows, forward(x)[..., strip_rows, cols])`` for the crop cut into strips of ``strip`` rows
         (default: one strip), top to bottom; the U-Net runs once, the full-resolution stages per strip, so a
         caller holds one strip's float temporaries at a time."""
-        step = strip or max(1, rows.stop - rows.start)
-        strips = [slice(y, min(y + step, rows.stop)) for y in range(rows.start, rows.stop, step)]
+        strips = row_strips(rows, strip)
         if self.pool == 1:
             whole = self(x)
             for rows_of in strips:
