@@ -1,6 +1,6 @@
 """``polarxr predict`` end to end as a user runs it, with the client's CPU apart from the workers'.
 
-    python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2 [--no-halo] [--own-scheduler]
+    python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2 [--no-halo] [--own-scheduler] [--repeat N]
 
 Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net, measures the in-memory
 ideal (one process, ``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker
@@ -131,6 +131,9 @@ def main() -> None:
                         help="also run each worker count against a dask scheduler and workers in their own processes")
     parser.add_argument("--no-halo", action="store_true",
                         help="also run each worker count with --no-seamless (blocks without halo): the overlap overhead")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each configuration this many times, seamless and no-halo runs interleaved; "
+                             "the table shows the run of median wall time and the range")
     parser.add_argument("extra", nargs="*", help="more options for polarxr predict (after --)")
     args = parser.parse_args()
 
@@ -158,9 +161,11 @@ def main() -> None:
     ideal_workers_env = ideal_like_workers(checkpoint, scene, args.ideal_tile, "cpu", 1)
     ideal = max(ideal_here, ideal_workers_env)
     loads, rows = [], []
-    runs = [(n, False, True) for n in args.workers] + ([(n, True, True) for n in args.workers] if args.own_scheduler else [])
-    if args.no_halo:
-        runs += [(n, own, False) for n, own, _ in runs]
+    # seamless and no-halo runs of one cluster interleaved, so that a drift of the machine's speed (other
+    # load, the page cache) does not fall on one side of the overlap overhead
+    halos = (True, False) if args.no_halo else (True,)
+    clusters = [(n, False) for n in args.workers] + ([(n, True) for n in args.workers] if args.own_scheduler else [])
+    runs = [(n, own, seamless) for n, own in clusters for _ in range(args.repeat) for seamless in halos]
     for n, own, seamless in runs:
         out = workdir / f"cli_{n}{'_own' if own else ''}{'' if seamless else '_nohalo'}"
         cluster = OwnCluster(n, workdir) if own else None
@@ -183,18 +188,29 @@ def main() -> None:
         result.update(n=n, own=own, seamless=seamless, scheduler=scheduler_cpu)
         rows.append(result)
         loads.append(os.getloadavg()[0])
+    by_config: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_config.setdefault((r["n"], r["own"], r["seamless"]), []).append(r)
+    rows, spans = [], {}
+    for key, group in by_config.items():
+        group.sort(key=lambda r: r["wall"])
+        rows.append(group[len(group) // 2])  # the median run (the upper one of an even count)
+        spans[key] = (group[0]["wall"], group[-1]["wall"])
+    rows.sort(key=lambda r: (not r["seamless"], r["own"], r["n"]))
     walls = {(r["n"], r["own"], r["seamless"]): r["wall"] for r in rows}
     table = Table(title=f"polarxr predict of a {opened.sizes['y']} x {opened.sizes['x']} scene ({megapixels:.0f} Mpx) "
                         f"from the CLI, CPU workers of 1 thread")
-    for column in ("cluster", "workers", "halo", "wall s", "Mpx/s", "efficiency vs ideal", "overlap overhead",
+    for column in ("cluster", "workers", "halo", "wall s", *(["wall range s"] if args.repeat > 1 else []), "Mpx/s", "efficiency vs ideal", "overlap overhead",
                    "client CPU s", "workers CPU s", "client / workers", "scheduler CPU s", "largest worker peak RSS"):
         table.add_column(column, justify="right")
     for r in rows:
+        key = (r["n"], r["own"], r["seamless"])
         rate = megapixels / r["wall"]
         bare = walls.get((r["n"], r["own"], False))
         overhead = f"{(r['wall'] / bare - 1) * 100:+.0f}%" if r["seamless"] and bare else ""
         table.add_row("own processes" if r["own"] else "local (in the CLI)", str(r["n"]),
-                      "seamless" if r["seamless"] else "none", f"{r['wall']:.1f}", f"{rate:.2f}",
+                      "seamless" if r["seamless"] else "none", f"{r['wall']:.1f}",
+                      *([f"{spans[key][0]:.1f}-{spans[key][1]:.1f}"] if args.repeat > 1 else []), f"{rate:.2f}",
                       f"{rate / (r['n'] * ideal) * 100:.0f}%", overhead,
                       f"{r['client']:.1f}", f"{r['workers']:.1f}",
                       f"{r['client'] / max(r['workers'], 1e-9) * 100:.1f}%",
