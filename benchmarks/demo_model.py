@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--refine", type=int, default=8)
+    parser.add_argument("--object-weight", type=float, default=1.0,
+                        help="loss weight of icebergs and their ring of sea (polarxr train --object-weight; 1: off)")
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--run", default="run", help="run folder inside --workdir (several models on one cube)")
     args = parser.parse_args()
@@ -78,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         train(cube, work / args.run, model="unet", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              device="auto", seed=args.seed, progress=progress,
+              device="auto", seed=args.seed, progress=progress, object_weight=args.object_weight,
               model_options={"width": args.width, "depth": args.depth, "pool": args.pool, "refine": args.refine})
         print(f"training complete: {work / args.run / 'last.pt'}")
     except _Stop:

@@ -135,6 +135,11 @@ def train_command(
         "--intensity-jitter", min=0.0, max=2.0, help="Radiometric domain randomisation: each training patch's "
         "bands get a random gain exp(s N) and offset s N (normalised units, s this value; 0 = off). 0.3 for a "
         "model trained on polarxr synth scenes and meant for the real product.")] = 0.0,
+    object_weight: Annotated[float, typer.Option(
+        "--object-weight", min=1.0, max=1000.0, help="Segmenter: loss weight of icebergs (ice objects of at "
+        "most 625 px surrounded by sea, as polarxr icebergs counts them) and their ring of sea, relative to "
+        "other pixels (1 = off). They are a thousandth of the pixels: weigh them for a model meant to count "
+        "them.")] = 1.0,
     batchnorm: Annotated[bool, typer.Option(
         "--batchnorm", help="Patch classifier: batch normalisation after each convolution (its statistics "
         "can then be re-estimated on unlabelled patches of another domain: polarxr adapt-bn).")] = False,
@@ -173,7 +178,8 @@ def train_command(
                        resume=resume, max_steps_per_epoch=max_steps, progress=_EpochProgress(bar, str(model or "model")),
                        model_options=options, schedule=str(schedule), init=init, centre_window=centre_window,
                        weighting=str(weighting), label_smoothing=label_smoothing,
-                       train_splits=str(train_splits), intensity_jitter=intensity_jitter)
+                       train_splits=str(train_splits), intensity_jitter=intensity_jitter,
+                       object_weight=object_weight)
     table = Table(title=f"{result.model} run {run_dir}")
     columns = ["epoch", "train_loss", "val_loss", "val_mean_iou", "val_iou_land", "val_iou_sea", "val_iou_ice",
                "val_overall_accuracy"]

@@ -96,17 +96,57 @@ def class_weights(class_counts: Mapping | list, n_classes: int = N_CLASSES) -> t
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                           label_smoothing: float = 0.0) -> torch.Tensor:
+                           label_smoothing: float = 0.0, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Class-weighted mean cross entropy over targets that are not 255; 0 (not NaN) when all are 255.
 
     ``label_smoothing`` (0 <= eps < 1): the target is ``1 - eps`` on the label and ``eps / C`` on every class,
     which bounds the loss a wrong label can cause (a simple defence against label noise).
+    ``pixel_weight`` (the shape of ``target``): a further weight per pixel (:func:`small_ice_object_weights`);
+    the mean is then over class weight x pixel weight.
     """
-    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="sum",
-                           label_smoothing=label_smoothing)
     valid = target != NO_LABEL
-    norm = weight[target.clamp(max=len(weight) - 1)][valid].sum()
-    return loss / norm.clamp(min=1e-12)
+    per_class = weight[target.clamp(max=len(weight) - 1)]
+    if pixel_weight is None:
+        loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="sum",
+                               label_smoothing=label_smoothing)
+        return loss / per_class[valid].sum().clamp(min=1e-12)
+    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=NO_LABEL, reduction="none",
+                           label_smoothing=label_smoothing)
+    return (loss * pixel_weight).sum() / (per_class * pixel_weight)[valid].sum().clamp(min=1e-12)
+
+
+def small_ice_object_weights(target: torch.Tensor, factor: float, max_pixels: int = 625) -> torch.Tensor:
+    """Loss weights per pixel of dense labels ``(N, H, W)``: ``factor`` on icebergs and their ring of sea, 1 elsewhere.
+
+    An iceberg is as :mod:`polarxr.observations.icebergs` counts them: a 4-connected object of ice of at most
+    ``max_pixels`` px none of whose pixels has land, no label or the patch edge among its 8 neighbours. Such
+    objects are a thousandth of the pixels, so an unweighted loss lets a model paint them over as sea; the
+    ring (the sea pixels 8-adjacent to the object) is weighted too, so that the loss rewards the object's
+    outline and not just more ice.
+    """
+    from scipy import ndimage
+
+    from polarxr.classes import ICE, WATER
+
+    labels = target.cpu().numpy()
+    weights = np.ones(labels.shape, np.float32)
+    square = np.ones((3, 3), bool)
+    for k, label in enumerate(labels):
+        ice = label == ICE
+        if not ice.any():
+            continue
+        objects, n = ndimage.label(ice)
+        sizes = np.bincount(objects.ravel(), minlength=n + 1)
+        other = np.pad((label != WATER) & ~ice, 1, constant_values=True)  # land, no label, beyond the edge
+        touched = ndimage.binary_dilation(other, square)[1:-1, 1:-1] & ice
+        bad = np.zeros(n + 1, bool)
+        bad[np.unique(objects[touched])] = True
+        bergs = (sizes <= max_pixels) & ~bad
+        bergs[0] = False
+        berg = bergs[objects]
+        if berg.any():
+            weights[k][ndimage.binary_dilation(berg, square) & ((label == WATER) | berg)] = factor
+    return torch.from_numpy(weights)
 
 
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -385,6 +425,7 @@ def train(
     label_smoothing: float = 0.0,
     train_splits: str = "train",
     intensity_jitter: float = 0.0,
+    object_weight: float = 1.0,
 ) -> RunResult:
     """Train ``model`` ("unet" or "patchcnn") on the cube's "train" split, validating on "val" each epoch.
 
@@ -414,6 +455,9 @@ def train(
 
     ``intensity_jitter``: sigma of :func:`jitter_intensity` (0: off), radiometric domain randomisation
     for models trained on synthetic scenes and meant for real ones.
+
+    ``object_weight``: the loss weight of icebergs and their ring of sea relative to other pixels
+    (:func:`small_ice_object_weights`; 1: off), for segmenters meant to count them.
     """
     if weighting not in WEIGHTINGS:
         raise PolarxrError(None, f"unknown class weighting {weighting!r}; use {' or '.join(WEIGHTINGS)}")
@@ -429,6 +473,8 @@ def train(
         raise PolarxrError(None, f"label smoothing must be in [0, 1), got {label_smoothing}")
     if not 0 <= intensity_jitter <= 2:
         raise PolarxrError(None, f"intensity jitter must be in [0, 2] (normalised units), got {intensity_jitter}")
+    if not 1 <= object_weight <= 1000:
+        raise PolarxrError(None, f"object weight must be in [1, 1000], got {object_weight}")
     if train_splits not in TRAIN_SPLITS:
         raise PolarxrError(None, f"unknown training splits {train_splits!r}; use {' or '.join(TRAIN_SPLITS)}")
     if schedule not in SCHEDULES:
@@ -496,7 +542,7 @@ def train(
                          "init": None if init is None else str(init),
                          "centre_window": centre_window, "weighting": weighting,
                          "label_smoothing": label_smoothing, "train_splits": train_splits,
-                         "intensity_jitter": intensity_jitter}}
+                         "intensity_jitter": intensity_jitter, "object_weight": object_weight}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -514,7 +560,10 @@ def train(
                 group["lr"] = step_lr
             logits, target = _batch_logits_and_target(net, batch, dev, amp_dtype, augment, centre_window,
                                                       intensity_jitter)
-            loss = weighted_cross_entropy(logits, target, weight, label_smoothing)
+            pixel_weight = None
+            if object_weight != 1 and net.dense:
+                pixel_weight = small_ice_object_weights(target, object_weight).to(dev)
+            loss = weighted_cross_entropy(logits, target, weight, label_smoothing, pixel_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

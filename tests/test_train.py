@@ -170,6 +170,8 @@ def test_bad_inputs_give_clear_errors(tiny_cube, tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(ModelError, match="unknown model 'resnet'"):
         train(tiny_cube, tmp_path / "other", model="resnet")
+    with pytest.raises(PolarxrError, match="object weight must be in"):
+        train(tiny_cube, tmp_path / "other", object_weight=0.5, **FAST)
     if not torch.cuda.is_available():
         with pytest.raises(PolarxrError, match="no CUDA GPU"):
             train(tiny_cube, tmp_path / "other", device="cuda", model_options=UNET)
@@ -190,3 +192,58 @@ def test_cli_train_parity_with_seed(tiny_cube, tmp_path):
                          + args[args.index("--cube") + 2:], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "nope.zarr" in bad.stderr and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_small_ice_object_weights_mark_icebergs_and_their_ring_only():
+    """Icebergs as ``polarxr icebergs`` counts them (ice objects of <= max_pixels surrounded by sea) and the
+    sea ring around them get the factor; ice touching land, no label or the patch edge, and large ice, not."""
+    from polarxr.classes import ICE, LAND, WATER
+    from polarxr.train import small_ice_object_weights
+
+    label = torch.full((1, 20, 24), WATER, dtype=torch.long)
+    label[0, 3:5, 3:6] = ICE          # a 6 px berg in open water
+    label[0, 10:12, 2:4] = ICE        # ice beside land
+    label[0, 10:12, 4] = LAND
+    label[0, 15:17, 15:17] = ICE      # ice beside a pixel without label
+    label[0, 17, 17] = 255
+    label[0, 0:2, 20:22] = ICE        # at the patch edge
+    label[0, 8:16, 8:14] = ICE        # 48 px: over the bound below
+    weights = small_ice_object_weights(label, 5.0, max_pixels=40)[0]
+    expected = torch.ones(20, 24)
+    expected[2:6, 2:7] = 5.0          # the berg and its 8-connected ring of sea
+    torch.testing.assert_close(weights, expected)
+    assert small_ice_object_weights(label, 5.0, max_pixels=48)[0][12, 10] == 5.0  # within the bound now
+
+
+def test_pixel_weights_of_the_loss_equal_repeating_the_pixel():
+    """weighted_cross_entropy with a pixel weight of k counts that pixel k times over (class weights kept)."""
+    from polarxr.train import weighted_cross_entropy
+
+    logits = torch.randn(1, 3, 1, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([[[0, 1, 255]]])
+    class_weight = torch.tensor([0.5, 2.0, 1.0])
+    plain = weighted_cross_entropy(logits, target, class_weight)
+    torch.testing.assert_close(weighted_cross_entropy(logits, target, class_weight, pixel_weight=torch.ones(1, 1, 3)), plain)
+    weighted = weighted_cross_entropy(logits, target, class_weight, pixel_weight=torch.tensor([[[3.0, 1.0, 7.0]]]))
+    repeated = weighted_cross_entropy(torch.cat([logits[..., :1]] * 3 + [logits[..., 1:]], dim=-1),
+                                      torch.tensor([[[0, 0, 0, 1, 255]]]), class_weight)
+    torch.testing.assert_close(weighted, repeated)
+    assert not torch.isclose(weighted, plain)
+
+
+def test_training_with_object_weights_is_recorded_and_changes_the_model(tmp_path):
+    """``object_weight`` reaches the loss: a cube whose patches hold icebergs trains to other weights than with
+    the plain loss (same seed), and the checkpoint says how it was trained."""
+    from polarxr.classes import ICE, WATER
+
+    cube = write_tiny_cube(tmp_path / "bergs.zarr")
+    root = zarr.open_group(cube, mode="r+")
+    label = root["label"][:]
+    label[:] = WATER
+    label[:, 10:12, 10:13] = ICE  # a 6 px berg in every patch
+    root["label"][:] = label
+    plain = train(cube, tmp_path / "plain", epochs=1, max_steps_per_epoch=2, **FAST)
+    weighted = train(cube, tmp_path / "weighted", epochs=1, max_steps_per_epoch=2, object_weight=20.0, **FAST)
+    assert load_checkpoint(weighted.last_checkpoint)[1]["training"]["object_weight"] == 20.0
+    a, b = _weights(plain.last_checkpoint), _weights(weighted.last_checkpoint)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
