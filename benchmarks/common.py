@@ -16,9 +16,10 @@ FULL_SIZE = (15564, 15218)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int = 3, pool: int = 4) -> Path:
-    """The demo's U-Net (``width``, ``depth``, multi-look ``pool``) with seeded random weights, saved as a
-    polarxr checkpoint.
+def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int = 3, pool: int = 4,
+                      refine: int = 0) -> Path:
+    """The demo's U-Net (``width``, ``depth``, multi-look ``pool``, ``refine`` channels of full-resolution
+    refinement: the demo trains 8) with seeded random weights, saved as a polarxr checkpoint.
 
     Throughput does not depend on the weights, so benchmarks need no training.
     """
@@ -28,8 +29,10 @@ def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int 
     from polarxr.checkpoints import make_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
-    net = build_model({"name": "unet", "in_channels": len(bands), "n_classes": 3, "width": width, "depth": depth,
-                       "pool": pool})
+    config = {"name": "unet", "in_channels": len(bands), "n_classes": 3, "width": width, "depth": depth, "pool": pool}
+    if refine:
+        config["refine"] = refine
+    net = build_model(config)
     norm = {"mean": [128.0] * len(bands), "std": [60.0] * len(bands)}
     return save_checkpoint(path, make_checkpoint(net.eval(), band_names=bands, norm=norm, patch_size=128))
 

@@ -131,6 +131,9 @@ def main() -> None:
                         help="also run each worker count against a dask scheduler and workers in their own processes")
     parser.add_argument("--no-halo", action="store_true",
                         help="also run each worker count with --no-seamless (blocks without halo): the overlap overhead")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="channels of the U-Net's full-resolution refinement (the demo's model: 8; 0: none, "
+                             "as the tables before 3 December)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each configuration this many times, seamless and no-halo runs interleaved; "
                              "the table shows the run of median wall time and the range")
@@ -154,7 +157,7 @@ def main() -> None:
         console.print(f"synthetic {args.size[0]} x {args.size[1]} scene made in {time.perf_counter() - started:.0f} s")
     opened = open_scene(scene)
     megapixels = opened.sizes["y"] * opened.sizes["x"] / 1e6
-    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values])
+    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values], refine=args.refine)
     torch.set_num_threads(1)
     # the faster of this process (default malloc) and a process set up as the workers (their malloc settings)
     ideal_here = ideal_mpx_s(checkpoint, scene, args.ideal_tile, "cpu")

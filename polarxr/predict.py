@@ -2,7 +2,9 @@
 
 The scene ``DataArray(band, y, x)`` is cut into chunks; each chunk is extended by a halo of at least the
 model's receptive field (``dask.array.map_overlap``, no artificial boundary), segmented in tiles batched on
-the worker's device, and cropped back to its core. Because chunk starts, tile starts and the halo are all
+the worker's device, and cropped back to its core. Only the U-Net's encoder sees the whole halo: its decoders,
+upsampling, refinement and encoding run over the core and a few pixels around it
+(:meth:`polarxr.models.unet.UNet.coarse_logits_over`). Because chunk starts, tile starts and the halo are all
 multiples of the model's downsampling factor, and the image edge is handled exactly as a whole-array
 run handles it (zero padding at the end only), the blockwise result equals a whole-array run of the same
 model for any chunking, up to float rounding.
