@@ -176,7 +176,7 @@ class UNet(nn.Module):
         ``rows`` x ``cols`` (default all), as a window whose first pixel is coarse pixel ``(row0, col0)``.
 
         The encoder runs over all of ``x`` (the context), but each decoder level only over the kept pixels
-        plus the margin its remaining convolutions read (:func:`decoder_margins`), so the decoders (about
+        plus the margin its remaining convolutions read (:meth:`decoder_margins`), so the decoders (about
         3/4 of the U-Net's operations) skip most of a block's halo. Pixels the crop's zero padding reaches
         lie outside the kept window, so the kept values are those of the whole run, up to the rounding of
         convolutions over a different extent.
