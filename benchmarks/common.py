@@ -16,6 +16,16 @@ FULL_SIZE = (15564, 15218)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
+def worker_environ() -> dict[str, str]:
+    """This process's environment with the local workers' malloc settings (:data:`polarxr.cluster.WORKER_MALLOC`),
+    for a child process that should allocate as the workers do (glibc reads them at start)."""
+    import os
+
+    from polarxr.cluster import WORKER_MALLOC
+
+    return {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC.items()}}
+
+
 def random_checkpoint(path: Path, bands: list[str], width: int = 16, depth: int = 3, pool: int = 4,
                       refine: int = 0) -> Path:
     """The demo's U-Net (``width``, ``depth``, multi-look ``pool``, ``refine`` channels of full-resolution

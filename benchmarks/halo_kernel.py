@@ -26,15 +26,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common import worker_environ
 from polarxr.models import build_model
+from polarxr.models.unet import row_strips
 from polarxr.predict import ENCODE_STRIP
 
 
 def _whole_decoders(net, x: torch.Tensor, rows: slice, cols: slice) -> None:
     """The previous kernel: the U-Net's decoders over the whole window, then the crop upsampled and refined."""
     coarse = net.coarse_logits(x)
-    for strip in range(rows.start, rows.stop, ENCODE_STRIP):
-        net.crop_logits(coarse, x, slice(strip, min(strip + ENCODE_STRIP, rows.stop)), cols)
+    for strip in row_strips(rows, ENCODE_STRIP):
+        net.crop_logits(coarse, x, strip, cols)
 
 
 def _cut_decoders(net, x: torch.Tensor, rows: slice, cols: slice) -> None:
@@ -59,11 +61,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--default-malloc", action="store_true", help="glibc's malloc defaults, not the workers'")
     args = parser.parse_args()
-    from polarxr.cluster import WORKER_MALLOC
-
-    wanted = {k: str(v) for k, v in WORKER_MALLOC.items()}
+    wanted = worker_environ()
     if not args.default_malloc and any(os.environ.get(k) != v for k, v in wanted.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})  # glibc reads them at start
+        os.execve(sys.executable, [sys.executable, *sys.argv], wanted)  # glibc reads them at start
     torch.set_num_threads(1)
     table = Table(title=f"model part of a {args.block} px block's kernel, 1 thread, s (min of {args.repeat})")
     for column in ("refine", "halo px", "no halo", "halo, decoders cut", "ratio", "halo, whole decoders", "ratio"):

@@ -25,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import FULL_SIZE, random_checkpoint, reset_worker_peaks, worker_cpu_seconds, worker_peak_mib
+from common import (FULL_SIZE, random_checkpoint, reset_worker_peaks, worker_cpu_seconds, worker_environ,
+                    worker_peak_mib)
 
 
 def client_cpu_seconds() -> float:
@@ -73,15 +74,11 @@ print("@@", ideal_mpx_s(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), 
 def ideal_like_workers(checkpoint: Path, scene_path: Path, tile: int, device: str, threads: int) -> float:
     """:func:`ideal_mpx_s` in a fresh process with the local workers' environment (their malloc settings,
     :data:`polarxr.cluster.WORKER_MALLOC`, and ``threads`` torch threads): like with like."""
-    import os
     import subprocess
     import sys
 
-    from polarxr.cluster import WORKER_MALLOC
-
-    env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC.items()}}
     done = subprocess.run([sys.executable, "-c", _IDEAL_CHILD, str(Path(__file__).parent), str(checkpoint),
-                           str(scene_path), str(tile), device, str(threads)], env=env, capture_output=True,
+                           str(scene_path), str(tile), device, str(threads)], env=worker_environ(), capture_output=True,
                           text=True, check=True)
     return float(done.stdout.rsplit("@@", 1)[1])
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common import FULL_SIZE, random_checkpoint
+from common import FULL_SIZE, random_checkpoint, worker_environ
 
 # Run in the child: the CLI's main(), then the rusage of this process and of its reaped children.
 _CHILD = """
@@ -83,9 +83,7 @@ class OwnCluster:
         import psutil
         from distributed import Client
 
-        from polarxr.cluster import WORKER_MALLOC
-
-        env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC.items()}}
+        env = worker_environ()
         file = workdir / f"scheduler_{n}.json"
         file.unlink(missing_ok=True)
         self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",

@@ -127,6 +127,7 @@ def small_ice_object_weights(target: torch.Tensor, factor: float, max_pixels: in
     from scipy import ndimage
 
     from polarxr.classes import ICE, WATER
+    from polarxr.observations.icebergs import ice_touching_non_sea
 
     labels = target.cpu().numpy()
     weights = np.ones(labels.shape, np.float32)
@@ -137,8 +138,7 @@ def small_ice_object_weights(target: torch.Tensor, factor: float, max_pixels: in
             continue
         objects, n = ndimage.label(ice)
         sizes = np.bincount(objects.ravel(), minlength=n + 1)
-        other = np.pad((label != WATER) & ~ice, 1, constant_values=True)  # land, no label, beyond the edge
-        touched = ndimage.binary_dilation(other, square)[1:-1, 1:-1] & ice
+        touched = ice_touching_non_sea(label)
         bad = np.zeros(n + 1, bool)
         bad[np.unique(objects[touched])] = True
         bergs = (sizes <= max_pixels) & ~bad

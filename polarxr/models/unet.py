@@ -236,8 +236,8 @@ class UNet(nn.Module):
         caller holds one strip's float temporaries at a time."""
         strips = row_strips(rows, strip)
         height, width = x.shape[-2:]
-        (cy0, cy1) = self._coarse_reads(rows, height)
-        (cx0, cx1) = self._coarse_reads(cols, width, self._fine_width_multiple)
+        cy0, cy1 = self._coarse_reads(self._fine_window(rows, height), height)
+        cx0, cx1 = self._coarse_reads(self._fine_window(cols, width, self._fine_width_multiple), width)
         coarse, offset = self.coarse_logits_over(x, slice(cy0, cy1), slice(cx0, cx1))
         for rows_of in strips:
             yield rows_of, self.crop_logits(coarse, x, rows_of, cols, offset)
@@ -252,11 +252,11 @@ class UNet(nn.Module):
         grow = min(extra, size - f1)
         return max(0, f0 - (extra - grow)), f1 + grow
 
-    def _coarse_reads(self, pixels: slice, size: int, align: int = 1) -> tuple[int, int]:
-        """The coarse pixels ``[c0, c1)`` that the full-resolution window of ``pixels`` (:meth:`_fine_window`)
-        reads through the upsampling, plus one on each side so that no needed value is clamped at a cut
-        (bilinear ``src = (i + 0.5) / pool - 0.5`` reads its coarse pixel and the next)."""
-        f0, f1 = self._fine_window(pixels, size, align)
+    def _coarse_reads(self, window: tuple[int, int], size: int) -> tuple[int, int]:
+        """The coarse pixels ``[c0, c1)`` that the full-resolution ``window`` ``[f0, f1)`` (:meth:`_fine_window`,
+        on an axis of ``size`` px) reads through the upsampling, plus one on each side so that no needed value
+        is clamped at a cut (bilinear ``src = (i + 0.5) / pool - 0.5`` reads its coarse pixel and the next)."""
+        f0, f1 = window
         p = self.pool
         if p == 1:
             return f0, f1
@@ -283,7 +283,7 @@ class UNet(nn.Module):
         align = self._fine_width_multiple
         (fy0, fy1), (fx0, fx1) = self._fine_window(rows, height), self._fine_window(cols, width, align)
         p = self.pool
-        (cy0, cy1), (cx0, cx1) = self._coarse_reads(rows, height), self._coarse_reads(cols, width, align)
+        (cy0, cy1), (cx0, cx1) = self._coarse_reads((fy0, fy1), height), self._coarse_reads((fx0, fx1), width)
         logits = coarse[..., cy0 - offset[0]:cy1 - offset[0], cx0 - offset[1]:cx1 - offset[1]]
         if p > 1:
             logits = F.interpolate(logits, scale_factor=p, mode="bilinear", align_corners=False)

@@ -37,8 +37,9 @@ COLUMNS = ("n_pixels", "area_km2", "x", "y")
 _EDGE = 254  # neither sea nor ice: the halo outside the map
 
 
-def _touches_non_sea(block: np.ndarray) -> np.ndarray:
-    """Bool per pixel of a halo-extended block: ice with land / nodata / off-map among its 8 neighbours."""
+def ice_touching_non_sea(block: np.ndarray) -> np.ndarray:
+    """Bool per pixel of a class block ``(y, x)``: ice with land / nodata / off-block among its 8 neighbours
+    (the pixels that disqualify an ice object as an iceberg; a halo-extended block beyond the map edge)."""
     other = (block != WATER) & (block != ICE)
     near = np.zeros(block.shape, bool)
     padded = np.pad(other, 1, constant_values=True)
@@ -75,7 +76,7 @@ def _block_objects(classes: np.ndarray, bad: np.ndarray, row0: int, col0: int) -
 
 def lazy_objects(classes: da.Array) -> np.ndarray:
     """Object array (block rows, block cols) of ``dask.delayed`` per-block object tables of a class map."""
-    bad = da.map_overlap(_touches_non_sea, classes, depth=1, boundary=_EDGE, trim=True, dtype=bool,
+    bad = da.map_overlap(ice_touching_non_sea, classes, depth=1, boundary=_EDGE, trim=True, dtype=bool,
                          meta=np.empty((0, 0), bool))
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in classes.chunks]
     class_blocks, bad_blocks = classes.to_delayed(), bad.to_delayed()
