@@ -83,7 +83,7 @@ def child_full_size(scene_path: str, chart_path: str, out: str, chunk: int) -> N
     scene, labels = labels_for_scene(scene_path, chart_path, chunks=chunk)
     baseline_mib = peak_mib()  # libraries, graph, chart
     with dask.config.set(scheduler="threads", num_workers=2):
-        write_cog(labels, out, nodata=255)
+        write_cog(labels, out, nodata=255, categorical=True)
     seconds = time.perf_counter() - started
     peak = peak_mib()
     scene_mib = scene.size * scene.dtype.itemsize / 2**20

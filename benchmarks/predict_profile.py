@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--sort", default="cumulative")
     parser.add_argument("--no-halo", action="store_true")
     parser.add_argument("--no-probabilities", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of the random-weight U-Net")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="full-resolution refinement channels of the random U-Net (the demo trains 8)")
     args = parser.parse_args()
 
     import dask
@@ -63,7 +66,8 @@ def main() -> None:
         scene_path = make_scene(cached, seed=3, size=tuple(args.size)).scene
     opened = open_scene(scene_path)
     megapixels = opened.sizes["y"] * opened.sizes["x"] / 1e6
-    checkpoint = random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values])
+    checkpoint = args.checkpoint or random_checkpoint(workdir / "unet.pt", [str(b) for b in opened.band.values],
+                                                      refine=args.refine)
     chunk = args.chunk or DEFAULT_CHUNK
     tags = {"polarxr_version": "profile", "checkpoint": checkpoint.name, "model_version": "x"}
     out_tif = workdir / "class.tif"

@@ -111,7 +111,7 @@ def rasterize(scenes: list[Scene], out: Path, settings: Settings, client) -> flo
 
     def one(scene: Scene) -> float:
         _, labels = labels_for_scene(scene.path, scene.chart, chunks=settings.chunk)
-        write_cog(labels, out / f"{scene.path.stem}_labels.tif", nodata=NO_LABEL)
+        write_cog(labels, out / f"{scene.path.stem}_labels.tif", nodata=NO_LABEL, categorical=True)
         return labels.size / 1e6
 
     with ThreadPoolExecutor(max_workers=len(scenes)) as pool:

@@ -66,7 +66,7 @@ def rasterize(
             if out.suffix == ".zarr":
                 write_zarr(labels, out)
             else:
-                write_cog(labels, out, nodata=255)
+                write_cog(labels, out, nodata=255, categorical=True)
         except RasterioError as err:  # a block past the readable part of the file
             raise SceneError(scene, f"is corrupt: its pixels cannot be read ({str(err).splitlines()[0]})") from None
     console.print(f"labels written to [bold]{out}[/] ({labels.sizes['y']} x {labels.sizes['x']} px)")

@@ -314,10 +314,12 @@ def _exact_header(tiles, *, height: int, width: int, **patch_kw) -> bytes:
 
 
 def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = None,
-              description: str | None = None, tags: dict[str, str] | None = None):
+              description: str | None = None, tags: dict[str, str] | None = None, categorical: bool = False):
     """A dask ``Delayed`` that writes a (lazy) ``DataArray(y, x)`` with a CRS as a COG at ``path``.
 
-    Workers compress each 512 px tile once (DEFLATE; horizontal predictor for integers), write the tiles as parts
+    Workers compress each 512 px tile once (DEFLATE, libdeflate through imagecodecs; horizontal predictor for
+    integers unless ``categorical``: class codes are not a signal, and their differences compress worse,
+    ``benchmarks/results/writing_cpu.md``), write the tiles as parts
     (local: ``.<name>.parts/`` beside ``path``; ``s3://``: a multipart upload, invisible until complete) and
     one task joins them behind the header; overviews (nearest neighbour, halving down to one tile) are
     computed by the workers too. Nothing passes through the client. ``path`` is written as given: wrap it
@@ -346,8 +348,8 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
     data.attrs = {**({"long_name": description or data.name or "band 1"} if data.ndim == 2 else {}),
                   **({"nodata": nodata} if nodata is not None else {})}
     height, width = data.shape[-2:]
-    # horizontal differencing for integers; floats' predictor would need imagecodecs, so they go without
-    predictor = 2 if np.issubdtype(data.dtype, np.integer) else 1
+    # horizontal differencing for integer signals; floats go without (not measured with the float predictor)
+    predictor = 2 if np.issubdtype(data.dtype, np.integer) and not categorical else 1
     parts = save_cog_with_dask(data, "", compression="DEFLATE", level=COG_LEVEL, predictor=predictor,
                                blocksize=[COG_BLOCKSIZE, COG_BLOCKSIZE], overview_resampling="nearest",
                                stats=False, bigtiff=True)
@@ -373,16 +375,18 @@ def cog_graph(data: xr.DataArray, path: Target, nodata: float | int | None = Non
 
 
 def write_cog(data: xr.DataArray, path: Target, nodata: float | int | None = None,
-              description: str | None = None, **tags: str) -> Target:
+              description: str | None = None, categorical: bool = False, **tags: str) -> Target:
     """Write a (lazy) ``DataArray(y, x)`` with a CRS to a Cloud-Optimized GeoTIFF at ``path`` (local or ``s3://``).
 
     Computed on the active dask scheduler (workers write their tiles; see :func:`cog_graph`); memory stays
-    bounded by the chunks. ``tags`` are written as GDAL metadata. Atomic (:func:`atomic_path`). Returns ``path``.
+    bounded by the chunks. ``tags`` are written as GDAL metadata; ``categorical`` for class maps and labels
+    (no predictor). Atomic (:func:`atomic_path`). Returns ``path``.
     """
     import dask
 
     with atomic_path(path) as tmp:
-        dask.compute(cog_graph(data, tmp, nodata=nodata, description=description, tags=tags))
+        dask.compute(cog_graph(data, tmp, nodata=nodata, description=description, tags=tags,
+                               categorical=categorical))
     return as_target(path)
 
 

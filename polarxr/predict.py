@@ -478,7 +478,7 @@ def _plan_scene(scene: xr.DataArray, encoded: da.Array, out_tif, out_zarr, tags:
             # metadata and coordinates now (the client); its graph is dropped: the block tasks below write the data
             zarr_graph(probability_dataset(scene, encoded, chunk, tags), tmp_zarr)
         staged_classes = da.from_zarr(str(staged), storage_options=options, chunks=encoded.chunks[1:])
-        cog = cog_graph(class_map(scene, staged_classes), tmp_tif, nodata=NO_LABEL, tags=tags,
+        cog = cog_graph(class_map(scene, staged_classes), tmp_tif, nodata=NO_LABEL, tags=tags, categorical=True,
                         description="class (0 land, 1 sea, 2 ice, 255 nodata)")
     except BaseException:
         outputs.__exit__(RuntimeError, RuntimeError("prediction failed"), None)

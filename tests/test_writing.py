@@ -51,6 +51,27 @@ def test_cog_equals_the_array_for_any_chunking(tmp_path, dtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c1100.tif", "c128.tif", "c300.tif"]
 
 
+def test_class_maps_are_written_without_a_predictor_and_signals_with_one(tmp_path):
+    """Class codes go without horizontal differencing (categorical), integer signals with it; GDAL decodes both
+    (the tiles are libdeflate's DEFLATE streams) to the same pixels."""
+    import tifffile
+
+    rng = np.random.default_rng(2)
+    classes = rng.integers(0, 3, (700, 600)).astype("uint8")
+    signal = np.cumsum(rng.integers(0, 3, (700, 600)), axis=1).astype("uint16")
+    written = {
+        "classes": write_cog(_raster(classes, 256), tmp_path / "classes.tif", nodata=255, categorical=True),
+        "signal": write_cog(_raster(signal, 256), tmp_path / "signal.tif", nodata=0),
+    }
+    for name, values in (("classes", classes), ("signal", signal)):
+        with tifffile.TiffFile(written[name]) as tif:
+            assert {int(page.compression) for page in tif.pages} == {8}  # Adobe DEFLATE, overviews included
+            assert {int(page.predictor) for page in tif.pages} == ({1} if name == "classes" else {2})
+        with rasterio.open(written[name]) as src:
+            np.testing.assert_array_equal(src.read(1), values)
+        assert cog_problems(written[name]) == []
+
+
 def test_cog_writer_failure_leaves_nothing(tmp_path):
     def broken(block):
         raise ValueError("boom")
@@ -96,6 +117,8 @@ def test_predict_outputs_equal_the_reference_for_chunkings_and_worker_counts(sce
                           client=client, tile=64)
             with rasterio.open(out / "pred.tif") as src:
                 np.testing.assert_array_equal(src.read(1), classes)
+                assert src.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+                assert "PREDICTOR" not in src.tags(ns="IMAGE_STRUCTURE")  # class codes: no differencing
             stored = zarr.open_array(out / "prob.zarr" / "probability", mode="r")[:]
             # float rounding between chunkings (<= 2e-5) may move a value across a rounding edge, by one step
             assert np.abs(stored.astype(int) - raw).max() <= 1 and (stored != raw).mean() < 1e-3
