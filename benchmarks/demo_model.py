@@ -29,7 +29,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--train-scenes", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes, the sampler and (by default) training")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the weights' initialisation and the batch order only (default: --seed): "
+                             "several trainings on one cube, to separate a setting from training's randomness")
     parser.add_argument("--patch-size", type=int, default=256)
     parser.add_argument("--samples-per-label", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=6)
@@ -80,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         train(cube, work / args.run, model="unet", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              device="auto", seed=args.seed, progress=progress, object_weight=args.object_weight,
+              device="auto", seed=args.seed if args.train_seed is None else args.train_seed, progress=progress, object_weight=args.object_weight,
               model_options={"width": args.width, "depth": args.depth, "pool": args.pool, "refine": args.refine})
         print(f"training complete: {work / args.run / 'last.pt'}")
     except _Stop:
