@@ -246,9 +246,17 @@ def centre_window_target(patch_label: torch.Tensor, size: int, window: int) -> t
     lo = (size - window) // 2
     target[:, lo:lo + window, lo:lo + window] = patch_label.long()[:, None, None]
     return target
-def _check_resume(last_path: Path, state: dict, info: dict) -> None:
+#: Settings of a run that a resumed run must share with ``last.pt``: the loss, the optimiser, the schedule and
+#: the batch order; resuming under others would give a model that no single command trains. (``epochs`` may
+#: change: a resumed run stops at the new total.)
+RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "schedule", "max_steps_per_epoch", "weighting",
+                   "label_smoothing", "centre_window", "intensity_jitter", "object_weight", "train_splits")
+
+
+def _check_resume(last_path: Path, state: dict, info: dict, training: dict, seed: int) -> None:
     """:class:`ModelError` when the cube no longer holds what ``last.pt`` was trained on (units, dtype,
-    polarisations, DN scaling, normalisation): resuming would continue on other data."""
+    polarisations, DN scaling, normalisation), or when the run's settings (:data:`RESUME_SETTINGS`, the seed)
+    differ from those ``last.pt`` was trained with: resuming would continue on other data or another recipe."""
     from polarxr.radiometry import differences
 
     problems = [p.replace("trained on", "last.pt has") for p in differences(state.get("radiometry"), info["radiometry"])]
@@ -260,6 +268,18 @@ def _check_resume(last_path: Path, state: dict, info: dict) -> None:
     if problems:
         raise ModelError(last_path, "cannot resume on this cube: the cube has " + "; ".join(problems)
                          + "; use another --out or --no-resume")
+    saved = {**(state.get("training") or {}), "seed": state.get("seed")}
+    changed = [f"{key} {training[key] if key != 'seed' else seed!r} (last.pt: {saved[key]!r})"
+               for key in (*RESUME_SETTINGS, "seed") if key in saved and saved[key] is not None
+               and _setting(saved[key]) != _setting(seed if key == "seed" else training[key])]
+    if changed:
+        raise ModelError(last_path, "cannot resume with other settings than last.pt was trained with: "
+                         + "; ".join(changed) + "; run with the same settings, or use another --out or --no-resume")
+
+
+def _setting(value):
+    """A training setting as stored in a checkpoint's metadata (tuples come back as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -510,6 +530,16 @@ def train(
         info["class_weights"] = torch.ones_like(info["class_weights"])
     weight = info["class_weights"].to(dev)
 
+    meta = {"band_names": info["band_names"], "radiometry": info["radiometry"], "norm": info["norm"],
+            "patch_size": info["patch_size"],
+            "seed": seed, "run_number": run_number, "cube": str(cube_path),
+            "class_weights": info["class_weights"].tolist(),
+            "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
+                         "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
+                         "init": None if init is None else str(init),
+                         "centre_window": centre_window, "weighting": weighting,
+                         "label_smoothing": label_smoothing, "train_splits": train_splits,
+                         "intensity_jitter": intensity_jitter, "object_weight": object_weight}}
     start_epoch, history = 0, []
     last_path = run_dir / "last.pt"
     if resume and last_path.exists():
@@ -520,7 +550,7 @@ def train(
         if state["band_names"] != info["band_names"]:
             raise ModelError(last_path, f"was trained on bands {state['band_names']}, the cube has "
                                         f"{info['band_names']}")
-        _check_resume(last_path, state, info)
+        _check_resume(last_path, state, info, meta["training"], seed)
         net.load_state_dict(state["state_dict"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
@@ -533,16 +563,6 @@ def train(
     if progress:
         progress("start", {"epochs": epochs, "start_epoch": start_epoch, "steps": steps, "device": str(dev)})
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False) if val_set is not None and len(val_set) else None
-    meta = {"band_names": info["band_names"], "radiometry": info["radiometry"], "norm": info["norm"],
-            "patch_size": info["patch_size"],
-            "seed": seed, "run_number": run_number, "cube": str(cube_path),
-            "class_weights": info["class_weights"].tolist(),
-            "training": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "epochs": epochs,
-                         "schedule": schedule, "max_steps_per_epoch": max_steps_per_epoch,
-                         "init": None if init is None else str(init),
-                         "centre_window": centre_window, "weighting": weighting,
-                         "label_smoothing": label_smoothing, "train_splits": train_splits,
-                         "intensity_jitter": intensity_jitter, "object_weight": object_weight}}
     best = max((r["val_mean_iou"] for r in history if not math.isnan(r["val_mean_iou"])), default=-1.0)
     checkpoints = list(run_dir.glob("checkpoint_epoch*.pt"))
     for epoch in range(start_epoch + 1, epochs + 1):

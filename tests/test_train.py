@@ -107,6 +107,20 @@ def test_resume_continues_from_saved_epoch_as_if_uninterrupted(tiny_cube, tmp_pa
     assert again.start_epoch == 2 and len(again.history) == 2
 
 
+def test_resume_with_another_recipe_is_refused(tiny_cube, tmp_path):
+    """A run interrupted after epoch 1 and resumed with another loss or learning rate would be neither recipe."""
+    with pytest.raises(_Interrupted):
+        train(tiny_cube, tmp_path / "run", epochs=2, max_steps_per_epoch=3, progress=_crash_after_epoch_1, **FAST)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ModelError, match=r"object_weight 10.0 \(last.pt: 1.0\)"):
+        train(tiny_cube, tmp_path / "run", epochs=2, max_steps_per_epoch=3, object_weight=10.0, **FAST)
+    with pytest.raises(ModelError, match=r"lr 0.001 \(last.pt: 0.003\).*seed 7 \(last.pt: 0\)"):
+        train(tiny_cube, tmp_path / "run", epochs=2, max_steps_per_epoch=3, seed=7, **{**FAST, "lr": 1e-3})
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing trained, nothing overwritten
+    resumed = train(tiny_cube, tmp_path / "run", epochs=2, max_steps_per_epoch=3, **FAST)
+    assert resumed.start_epoch == 1 and len(resumed.history) == 2
+
+
 def test_learning_rate_schedules():
     assert learning_rate(1e-3, 0, 100) == pytest.approx(1e-3)
     assert learning_rate(1e-3, 50, 100) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
