@@ -103,7 +103,8 @@ def run_demo(workdir: str | Path, client: Client, config: DemoConfig = DemoConfi
     stage("labels")
     first = training[0]
     _, labels = labels_for_scene(first.scene, charts[0], chunks=config.chunk)
-    labels_path = write_cog(labels, workdir / "labels" / f"{first.scene.stem}_labels.tif", nodata=255, categorical=True)
+    labels_path = write_cog(labels, workdir / "labels" / f"{first.scene.stem}_labels.tif", nodata=255,
+                            categorical=True)
     from polarxr.quicklook import scene_quicklook
 
     scene_quicklook(first.scene, workdir / "labels" / f"{first.scene.stem}_chart.png", chart=charts[0])

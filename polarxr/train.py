@@ -246,6 +246,8 @@ def centre_window_target(patch_label: torch.Tensor, size: int, window: int) -> t
     lo = (size - window) // 2
     target[:, lo:lo + window, lo:lo + window] = patch_label.long()[:, None, None]
     return target
+
+
 #: Settings of a run that a resumed run must share with ``last.pt``: the loss, the optimiser, the schedule and
 #: the batch order; resuming under others would give a model that no single command trains. (``epochs`` may
 #: change: a resumed run stops at the new total.)
@@ -269,9 +271,9 @@ def _check_resume(last_path: Path, state: dict, info: dict, training: dict, seed
         raise ModelError(last_path, "cannot resume on this cube: the cube has " + "; ".join(problems)
                          + "; use another --out or --no-resume")
     saved = {**(state.get("training") or {}), "seed": state.get("seed")}
-    changed = [f"{key} {training[key] if key != 'seed' else seed!r} (last.pt: {saved[key]!r})"
-               for key in (*RESUME_SETTINGS, "seed") if key in saved and saved[key] is not None
-               and _setting(saved[key]) != _setting(seed if key == "seed" else training[key])]
+    current = {**training, "seed": seed}
+    changed = [f"{key} {current[key]!r} (last.pt: {saved[key]!r})" for key in (*RESUME_SETTINGS, "seed")
+               if saved.get(key) is not None and _setting(saved[key]) != _setting(current[key])]
     if changed:
         raise ModelError(last_path, "cannot resume with other settings than last.pt was trained with: "
                          + "; ".join(changed) + "; run with the same settings, or use another --out or --no-resume")
