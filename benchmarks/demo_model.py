@@ -83,7 +83,8 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         train(cube, work / args.run, model="unet", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              device="auto", seed=args.seed if args.train_seed is None else args.train_seed, progress=progress, object_weight=args.object_weight,
+              device="auto", seed=args.seed if args.train_seed is None else args.train_seed, progress=progress,
+              object_weight=args.object_weight,
               model_options={"width": args.width, "depth": args.depth, "pool": args.pool, "refine": args.refine})
         print(f"training complete: {work / args.run / 'last.pt'}")
     except _Stop:

@@ -2,9 +2,9 @@
 
     python benchmarks/predict_cli.py --size 15564 15218 --workers 1 2 [--no-halo] [--own-scheduler] [--repeat N]
 
-Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net (or takes ``--checkpoint``), measures the in-memory
-ideal (one process, ``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker
-count runs the installed CLI (``polarxr predict ... --workers N``) in a child process that reports its
+Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net (or takes ``--checkpoint``: a
+trained model's class map compresses as a real one does), measures the in-memory ideal (one process,
+``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker count runs the installed CLI (``polarxr predict ... --workers N``) in a child process that reports its
 own CPU seconds (the client: planning, progress, commit) and its reaped children's (the local cluster's
 worker processes), the largest worker's peak RSS, and the wall time from start to exit (start-up of the
 cluster, reading, segmenting, COG + Zarr written, quicklook). Efficiency is ``Mpx/s / (workers x ideal)``.
@@ -131,7 +131,7 @@ def main() -> None:
                         help="also run each worker count with --no-seamless (blocks without halo): the overlap overhead")
     parser.add_argument("--checkpoint", type=Path,
                         help="a trained checkpoint (e.g. the demo's run/last.pt) instead of the random-weight U-Net: "
-                             "its smooth class map compresses as a real one does, the random model's speckle 30x slower")
+                             "its smooth class map compresses as a real one does, the random model's speckle 17-35x slower")
     parser.add_argument("--refine", type=int, default=0,
                         help="channels of the U-Net's full-resolution refinement (the demo's model: 8; 0: none, "
                              "as the tables before 3 December)")
