@@ -4,10 +4,11 @@
 
 Makes a synthetic scene (or takes ``--scene``) and a random-weight demo U-Net (or takes ``--checkpoint``: a
 trained model's class map compresses as a real one does), measures the in-memory ideal (one process,
-``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker count runs the installed CLI (``polarxr predict ... --workers N``) in a child process that reports its
-own CPU seconds (the client: planning, progress, commit) and its reaped children's (the local cluster's
-worker processes), the largest worker's peak RSS, and the wall time from start to exit (start-up of the
-cluster, reading, segmenting, COG + Zarr written, quicklook). Efficiency is ``Mpx/s / (workers x ideal)``.
+``--ideal-tile`` px whole tile, 1 thread, no dask, no I/O), then for each worker count runs the installed CLI
+(``polarxr predict ... --workers N``) in a child process that reports its own CPU seconds (the client:
+planning, progress, commit) and its reaped children's (the local cluster's worker processes), the largest
+worker's peak RSS, and the wall time from start to exit (start-up of the cluster, reading, segmenting, COG +
+Zarr written, quicklook). Efficiency is ``Mpx/s / (workers x ideal)``.
 
 With ``--own-scheduler`` each worker count runs a second time against a cluster started as a deployment
 runs one: ``dask scheduler`` and ``dask worker --nworkers N --nthreads 1`` as their own processes (with the
