@@ -270,18 +270,14 @@ def _check_resume(last_path: Path, state: dict, info: dict, training: dict, seed
     if problems:
         raise ModelError(last_path, "cannot resume on this cube: the cube has " + "; ".join(problems)
                          + "; use another --out or --no-resume")
-    saved = {**(state.get("training") or {}), "seed": state.get("seed")}
+    # a setting that an older last.pt does not record cannot be compared
+    saved = {**(state.get("training") or {}), **({"seed": state["seed"]} if "seed" in state else {})}
     current = {**training, "seed": seed}
     changed = [f"{key} {current[key]!r} (last.pt: {saved[key]!r})" for key in (*RESUME_SETTINGS, "seed")
-               if saved.get(key) is not None and _setting(saved[key]) != _setting(current[key])]
+               if key in saved and saved[key] != current[key]]
     if changed:
         raise ModelError(last_path, "cannot resume with other settings than last.pt was trained with: "
                          + "; ".join(changed) + "; run with the same settings, or use another --out or --no-resume")
-
-
-def _setting(value):
-    """A training setting as stored in a checkpoint's metadata (tuples come back as lists)."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
